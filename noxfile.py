@@ -1,0 +1,54 @@
+"""Sessions for testing, linting, docs, benchmarks and the demo: ``nox -l`` lists them."""
+
+from __future__ import annotations
+
+import nox
+
+nox.options.sessions = ["tests"]
+nox.options.default_venv_backend = "venv"
+
+PYPROJECT = nox.project.load_toml("pyproject.toml")
+TORCH = ["torch==2.14.1", "torchvision==0.29.1"]
+
+
+def group(name: str) -> list[str]:
+    return nox.project.dependency_groups(PYPROJECT, name)
+
+
+@nox.session
+def tests(session: nox.Session) -> None:
+    """Run the CPU test suite (CUDA tests skip without a GPU)."""
+    session.install(*TORCH, ".", *group("test"))
+    session.run("pytest", *session.posargs, env={"HYPOTHESIS_PROFILE": session.env.get("HYPOTHESIS_PROFILE", "ci")})
+
+
+@nox.session
+def lint(session: nox.Session) -> None:
+    """Check style (ruff check, ruff format --check) and types (mypy on src and spec)."""
+    session.install(*group("lint"))
+    session.run("ruff", "check", ".")
+    session.run("ruff", "format", "--check", ".")
+    session.run("mypy", "src", "spec")
+
+
+@nox.session
+def docs(session: nox.Session) -> None:
+    """Build the documentation site with mkdocs --strict."""
+    session.install(*TORCH, ".", *group("docs"))
+    session.run("mkdocs", "build", "--strict", *session.posargs)
+
+
+@nox.session
+def bench(session: nox.Session) -> None:
+    """Run the benchmarks against diffusers (CPU, and CUDA where present) and save JSON."""
+    session.install(*TORCH, ".", *group("bench"))
+    session.run(
+        "pytest", "bench", "--benchmark-only", "--benchmark-autosave", "-p", "no:cacheprovider", *session.posargs
+    )
+
+
+@nox.session
+def demo(session: nox.Session) -> None:
+    """Run the demo: sample a closed-form Gaussian problem and print the error."""
+    session.install(*TORCH, ".")
+    session.run("python", "-m", "kdpm2", "demo", *session.posargs)

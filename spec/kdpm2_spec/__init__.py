@@ -1,0 +1,25 @@
+"""kdpm2_spec: the executable specification of the KDPM2 (DPM-Solver-2) diffusion scheduler.
+
+``Reference`` is a readable NumPy float64 model of diffusers' ``KDPM2DiscreteScheduler`` API;
+``invariants`` holds the relations any correct implementation satisfies.
+"""
+
+from kdpm2_spec import invariants, schedule
+from kdpm2_spec.adapter import Adapter, NumpyAdapter, TorchAdapter
+from kdpm2_spec.gaussian import Gaussian, convergence_order
+from kdpm2_spec.reference import PREDICTION_TYPES, Reference, StepOutput, denoise, model_output_for
+
+__all__ = [
+    "PREDICTION_TYPES",
+    "Adapter",
+    "Gaussian",
+    "NumpyAdapter",
+    "Reference",
+    "StepOutput",
+    "TorchAdapter",
+    "convergence_order",
+    "denoise",
+    "invariants",
+    "model_output_for",
+    "schedule",
+]
