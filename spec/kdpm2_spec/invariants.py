@@ -64,7 +64,9 @@ def check_timesteps_range(sched: Any, adapter: Adapter = NUMPY, num_train_timest
     assert np.all(timesteps >= 0), f"negative timestep in {timesteps}"
     assert np.all(timesteps <= num_train_timesteps - 1), f"timestep above {num_train_timesteps - 1} in {timesteps}"
     rises = np.flatnonzero(np.diff(timesteps) > 0)
-    assert len(rises) == 0, f"timesteps increase at {rises.tolist()}: {timesteps[rises[:1][0] : rises[:1][0] + 2] if len(rises) else ''}"
+    assert len(rises) == 0, (
+        f"timesteps increase at {rises.tolist()}: {timesteps[rises[:1][0] : rises[:1][0] + 2] if len(rises) else ''}"
+    )
 
 
 def check_midpoints_geometric(sched: Any, adapter: Adapter = NUMPY) -> None:
@@ -117,7 +119,9 @@ def check_step_alternates(sched: Any, adapter: Adapter = NUMPY, shape: tuple[int
     for k, t in enumerate(sched.timesteps):
         sched.scale_model_input(sample, t)
         assert sched.step_index == k, f"step_index={sched.step_index} before call {k}"
-        assert bool(sched.state_in_first_order) == (k % 2 == 0), f"call {k} must be {'first' if k % 2 == 0 else 'second'} order"
+        assert bool(sched.state_in_first_order) == (k % 2 == 0), (
+            f"call {k} must be {'first' if k % 2 == 0 else 'second'} order"
+        )
         sample = sched.step(adapter.tensor(np.zeros(shape)), t, sample).prev_sample
         assert sched.step_index == k + 1, f"step_index={sched.step_index} after call {k}, should be {k + 1}"
     assert len(sched.timesteps) in (2 * n - 1, 2 * n)

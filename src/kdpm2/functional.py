@@ -1,0 +1,98 @@
+"""The step as pure functions: per-call coefficients on the host, one linear combination on the device.
+
+Every KDPM2 call is linear in its tensors. With ``a, b`` from the prediction type,
+``x0 = a * sample + b * model_output``, and the update is
+
+    prev = c_stored * stored + c_sample * sample + c_model * model_output (+ c_noise * noise)
+
+with float64 coefficients computed on the host from the schedule (no device sync). The combination
+is one fused kernel on CUDA (:mod:`kdpm2.triton_step`) and a few torch ops elsewhere; both compute
+in at least float32 and round once to the sample's dtype.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import NamedTuple
+
+import torch
+
+PREDICTION_TYPES = ("epsilon", "v_prediction", "sample")
+"""Supported model parameterisations: noise, velocity (Salimans & Ho 2022) or the clean sample."""
+
+
+def denoiser_coefficients(sigma: float, prediction_type: str) -> tuple[float, float]:
+    """``(a, b)`` with ``x0 = a * sample + b * model_output`` at noise level ``sigma``."""
+    if prediction_type == "epsilon":
+        return 1.0, -sigma
+    if prediction_type == "v_prediction":
+        return 1.0 / (sigma * sigma + 1.0), -sigma / math.sqrt(sigma * sigma + 1.0)
+    if prediction_type == "sample":
+        return 0.0, 1.0
+    raise ValueError(f"prediction_type must be one of {PREDICTION_TYPES}, got {prediction_type!r}")
+
+
+class Coefficients(NamedTuple):
+    """Coefficients of one call: ``prev`` and ``x0`` as combinations of the call's tensors."""
+
+    stored: float
+    sample: float
+    model: float
+    noise: float
+    x0_sample: float
+    x0_model: float
+
+
+def first_order(sigma: float, sigma_mid: float, prediction_type: str) -> Coefficients:
+    """Euler move from ``sigma`` to the midpoint (to 0 on the last step): ``x + d (m - sigma)``."""
+    a, b = denoiser_coefficients(sigma, prediction_type)
+    r = (sigma_mid - sigma) / sigma  # x + (x - x0) r
+    return Coefficients(0.0, 1.0 + r * (1.0 - a), -r * b, 0.0, a, b)
+
+
+def second_order(
+    sigma: float, sigma_mid: float, sigma_next: float, prediction_type: str, churn: float = 0.0
+) -> Coefficients:
+    """DPM-Solver-2 update of the stored sample with the midpoint slope: ``x + d_m (s_next - sigma)``.
+
+    ``churn`` is the standard deviation of the noise that lifts the result to the next step's level.
+    """
+    a, b = denoiser_coefficients(sigma_mid, prediction_type)
+    q = (sigma_next - sigma) / sigma_mid  # stored + (x_m - x0_m) q
+    return Coefficients(1.0, q * (1.0 - a), -q * b, churn, a, b)
+
+
+def _combine(terms: list[tuple[float, torch.Tensor]], like: torch.Tensor) -> torch.Tensor:
+    """``sum(c * t)`` in at least float32, rounded once to ``like.dtype``; skips zero coefficients."""
+    dtype = like.dtype
+    upcast = dtype in (torch.float16, torch.bfloat16)
+    live = [(c, t.float() if upcast else t) for c, t in terms if c != 0.0]
+    if not live:
+        return torch.zeros_like(like)
+    ones = [i for i, (c, _) in enumerate(live) if c == 1.0]
+    first = live.pop(ones[0]) if ones else live.pop(0)
+    acc = first[1] if first[0] == 1.0 else first[1] * first[0]
+    for c, t in live:
+        acc = torch.add(acc, t, alpha=c)
+    if acc is first[1]:
+        acc = acc.clone()
+    return acc.to(dtype)
+
+
+def apply_step(
+    coefficients: Coefficients,
+    sample: torch.Tensor,
+    model_output: torch.Tensor,
+    stored: torch.Tensor | None = None,
+    noise: torch.Tensor | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(prev_sample, pred_original_sample)`` of one call with plain torch ops (any device)."""
+    c = coefficients
+    prev_terms = [(c.sample, sample), (c.model, model_output)]
+    if stored is not None:
+        prev_terms.append((c.stored, stored))
+    if noise is not None:
+        prev_terms.append((c.noise, noise))
+    prev = _combine(prev_terms, sample)
+    x0 = _combine([(c.x0_sample, sample), (c.x0_model, model_output)], sample)
+    return prev, x0

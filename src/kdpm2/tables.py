@@ -1,0 +1,110 @@
+"""Schedule tables as pure torch float64 functions, computed once per ``set_timesteps``.
+
+The training schedule is float32 exactly as diffusers builds it (same torch calls); everything
+derived from it is float64 on the CPU, vectorised, so ``set_timesteps(1000)`` costs well under a
+millisecond. ``kdpm2_spec.schedule`` is the readable NumPy model these functions are tested against.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import NamedTuple
+
+import numpy as np
+import torch
+
+F64 = torch.float64
+
+
+def train_betas(
+    num_train_timesteps: int, beta_start: float, beta_end: float, beta_schedule: str, trained_betas: object = None
+) -> torch.Tensor:
+    """float32 betas of the training schedule, as diffusers computes them."""
+    if trained_betas is not None:
+        return torch.as_tensor(trained_betas, dtype=F64).to(torch.float32)
+    if beta_schedule == "linear":
+        return torch.linspace(beta_start, beta_end, num_train_timesteps, dtype=torch.float32)
+    if beta_schedule == "scaled_linear":
+        return torch.linspace(beta_start**0.5, beta_end**0.5, num_train_timesteps, dtype=torch.float32) ** 2
+    # squaredcos_cap_v2: betas of the GLIDE cosine alpha_bar, capped at 0.999
+    t = torch.arange(num_train_timesteps + 1, dtype=F64) / num_train_timesteps
+    alpha_bar = torch.cos((t + 0.008) / 1.008 * math.pi / 2) ** 2
+    return (1 - alpha_bar[1:] / alpha_bar[:-1]).clamp(max=0.999).to(torch.float32)
+
+
+def spaced_timesteps(n: int, num_train_timesteps: int, spacing: str, steps_offset: int) -> torch.Tensor:
+    """``n`` descending timesteps of a spacing rule (always exactly ``n``, unlike diffusers' trailing)."""
+    if spacing == "linspace":
+        return torch.linspace(0, num_train_timesteps - 1, n, dtype=F64).to(torch.float32).to(F64).flip(0)
+    i = torch.arange(n, dtype=F64)
+    if spacing == "leading":
+        return torch.round(i * (num_train_timesteps // n)).flip(0) + steps_offset
+    return torch.round(num_train_timesteps - i * (num_train_timesteps / n)) - 1  # trailing
+
+
+def interp(t: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
+    """Piecewise-linear interpolation of ``values`` (on the grid 0..len-1) at ``t``, clamped."""
+    t = t.clamp(0, len(values) - 1)
+    low = t.floor().clamp(max=len(values) - 2).long()
+    w = t - low
+    return torch.lerp(values[low], values[low + 1], w)
+
+
+def sigma_to_t(sigmas: torch.Tensor, log_sigmas: torch.Tensor, quantize: bool = False) -> torch.Tensor:
+    """Timestep of each sigma by log-sigma interpolation (nearest training timestep if ``quantize``)."""
+    log_sigma = sigmas.clamp(min=1e-10).log()
+    if quantize:
+        return (log_sigma[:, None] - log_sigmas[None, :]).abs().argmin(dim=1).to(F64)
+    found = np.searchsorted(log_sigmas.numpy(), log_sigma.numpy(), side="right")  # torch's is 50x slower here
+    low = (torch.from_numpy(found) - 1).clamp(0, len(log_sigmas) - 2)
+    w = ((log_sigmas[low] - log_sigma) / (log_sigmas[low] - log_sigmas[low + 1])).clamp(0, 1)
+    return low + w
+
+
+def sigma_family(family: str, n: int, sigma_min: float, sigma_max: float) -> torch.Tensor:
+    """``n`` sigmas from ``sigma_max`` to ``sigma_min``: Karras (rho 7), exponential or beta(0.6, 0.6)."""
+    ramp = torch.linspace(0, 1, n, dtype=F64)
+    if family == "karras":
+        lo, hi = sigma_min ** (1 / 7.0), sigma_max ** (1 / 7.0)
+        return (hi + ramp * (lo - hi)) ** 7.0
+    if family == "exponential":
+        return torch.linspace(math.log(sigma_max), math.log(sigma_min), n, dtype=F64).exp()
+    try:
+        import scipy.stats
+    except ImportError as error:
+        raise ImportError("use_beta_sigmas=True needs scipy: pip install scipy (or kdpm2[beta])") from error
+    ppf = torch.as_tensor(scipy.stats.beta.ppf((1 - ramp).numpy(), 0.6, 0.6), dtype=F64)
+    return sigma_min + ppf * (sigma_max - sigma_min)
+
+
+class Tables(NamedTuple):
+    """Per-call float64 tables of one schedule (layout of diffusers' attributes)."""
+
+    sigmas: torch.Tensor  # [sh_0, s_1, sh_1, ..., s_n, s_n, s_n], 2n + 2
+    sigmas_interpol: torch.Tensor  # [sh_0, m_1, m_1, ..., m_n, m_n, m_n], 2n + 2
+    timesteps: torch.Tensor  # one per model call: 2n - 1 (final sigma 0) or 2n
+    num_steps: int
+
+
+def churned_sigmas(sigmas: torch.Tensor, s_churn: float, s_tmin: float, s_tmax: float) -> torch.Tensor:
+    """First-order levels ``sh_i = s_i (1 + gamma)`` of Karras et al. Algorithm 2 (``s_i`` outside the window)."""
+    n = len(sigmas) - 1
+    gamma = min(s_churn / n, 2**0.5 - 1)
+    start = sigmas[:-1]
+    inside = (start >= s_tmin) & (start <= s_tmax)
+    return torch.where(inside & (s_churn > 0), start * (1 + gamma), start)
+
+
+def interleave(sigmas: torch.Tensor, hat: torch.Tensor, timesteps: torch.Tensor, mid_timesteps_of: object) -> Tables:
+    """Interleave main sigmas ``s_0..s_n``, churned levels ``sh_i`` and their timesteps per call."""
+    n = len(sigmas) - 1
+    mids = (hat * sigmas[1:]).sqrt()
+    table = torch.cat([sigmas[:1], sigmas[1:].repeat_interleave(2), sigmas[-1:]])
+    table[0 : 2 * n : 2] = hat
+    interpol = torch.cat([hat[:1], mids.repeat_interleave(2), mids[-1:]])
+    mid_t = mid_timesteps_of(mids)  # type: ignore[operator]
+    calls = torch.stack([mid_t[:-1], timesteps[1:]], dim=1).reshape(-1)
+    calls = torch.cat([timesteps[:1], calls])
+    if sigmas[-1] != 0:
+        calls = torch.cat([calls, mid_t[-1:]])
+    return Tables(table, interpol, calls, n)
