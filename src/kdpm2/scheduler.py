@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, fields
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 import torch
@@ -79,7 +79,7 @@ class KDPM2DiscreteScheduler(ConfigMixin):
     - ``s_churn``, ``s_tmin``, ``s_tmax`` (``None`` is infinity), ``s_noise``: stochastic sampling.
     """
 
-    _compatibles = list(KARRAS_COMPATIBLES)
+    _compatibles: ClassVar[list[str]] = list(KARRAS_COMPATIBLES)
     order = 2
 
     def __init__(
@@ -465,7 +465,7 @@ def _randn(like: torch.Tensor, generator: torch.Generator | None) -> torch.Tenso
 
 def _first_or_second_index(values: list[float]) -> dict[float, int]:
     """Map each timestep value to its first position, or its second when it repeats."""
-    index = dict(zip(reversed(values), range(len(values) - 1, -1, -1)))
+    index = dict(zip(reversed(values), range(len(values) - 1, -1, -1), strict=True))
     if len(index) < len(values):  # repeated values: diffusers takes the second occurrence
         for i, v in enumerate(values):
             if index[v] != i and index[v] < i and values.index(v) == index[v]:
