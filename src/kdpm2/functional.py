@@ -62,21 +62,38 @@ def second_order(
     return Coefficients(1.0, q * (1.0 - a), -q * b, churn, a, b)
 
 
+_UPCAST = (torch.float16, torch.bfloat16)
+"""Dtypes combined in float32 and rounded once at the end."""
+
+
 def _combine(terms: list[tuple[float, torch.Tensor]], like: torch.Tensor) -> torch.Tensor:
-    """``sum(c * t)`` in at least float32, rounded once to ``like.dtype``; skips zero coefficients."""
+    """``sum(c * t)`` in at least float32, rounded once to ``like.dtype``; skips zero coefficients.
+
+    The first term with coefficient 1 starts the sum (no multiply); the others follow in order,
+    each as one ``torch.add(acc, t, alpha=c)``. Only float16/bfloat16 inputs are converted.
+    """
     dtype = like.dtype
-    upcast = dtype in (torch.float16, torch.bfloat16)
-    live = [(c, t.float() if upcast else t) for c, t in terms if c != 0.0]
+    upcast = dtype in _UPCAST
+    live = [(c, t) for c, t in terms if c != 0.0]
     if not live:
         return torch.zeros_like(like)
-    ones = [i for i, (c, _) in enumerate(live) if c == 1.0]
-    first = live.pop(ones[0]) if ones else live.pop(0)
-    acc = first[1] if first[0] == 1.0 else first[1] * first[0]
+    first = 0
+    for i, (c, _) in enumerate(live):
+        if c == 1.0:
+            first = i
+            break
+    c0, t0 = live.pop(first)
+    if upcast:
+        t0 = t0.float()
+    if c0 != 1.0:
+        acc = t0 * c0
+    elif live or upcast:
+        acc = t0  # a later add or the final rounding makes the result a new tensor
+    else:
+        acc = t0.clone()
     for c, t in live:
-        acc = torch.add(acc, t, alpha=c)
-    if acc is first[1]:
-        acc = acc.clone()
-    return acc.to(dtype)
+        acc = torch.add(acc, t, alpha=c)  # type promotion reads half inputs as float32
+    return acc.to(dtype) if upcast else acc
 
 
 def apply_step(

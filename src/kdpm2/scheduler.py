@@ -231,14 +231,14 @@ class KDPM2DiscreteScheduler(ConfigMixin):
         self._host_sigmas = built.sigmas.tolist()
         self._host_interpol = built.sigmas_interpol.tolist()
         time_dtype = torch.float64 if self._family() is not None and sigmas is None else torch.float32
-        self.timesteps = built.timesteps.to(device=device, dtype=time_dtype)
+        self.timesteps = _to_device(built.timesteps, device, time_dtype)
         host_t = built.timesteps.to(time_dtype)
         self._index_values = host_t.tolist()
         self._index_of = _first_or_second_index(self._index_values)
         self._time_dtype = time_dtype
         self.sigmas = built.sigmas.to(torch.float32)
-        self.sigmas_interpol = built.sigmas_interpol.to(device=device, dtype=torch.float32)
-        self.log_sigmas = log_sigmas.to(device=device, dtype=torch.float32)
+        self.sigmas_interpol = _to_device(built.sigmas_interpol, device, torch.float32)
+        self.log_sigmas = _to_device(log_sigmas, device, torch.float32)
         self._device_sigmas: dict[tuple[torch.device, torch.dtype], torch.Tensor] = {}
         self.sample: torch.Tensor | None = None
         self._step_index: int | None = None
@@ -365,8 +365,10 @@ class KDPM2DiscreteScheduler(ConfigMixin):
         if k >= self._num_calls:
             raise ValueError(f"step past the end of the schedule: all {self._num_calls} calls have run")
         c = self.config
-        dtype = torch.promote_types(sample.dtype, model_output.dtype)
-        sample, model_output = sample.to(dtype), model_output.to(dtype)
+        dtype = sample.dtype
+        if model_output.dtype != dtype:
+            dtype = torch.promote_types(dtype, model_output.dtype)
+            sample, model_output = sample.to(dtype), model_output.to(dtype)
         noise = None
         if self.state_in_first_order:
             coefficients = functional.first_order(self._host_sigmas[k], self._host_interpol[k + 1], c.prediction_type)
@@ -378,7 +380,9 @@ class KDPM2DiscreteScheduler(ConfigMixin):
                 churn = c.s_noise * math.sqrt(max(self._host_sigmas[k + 1] ** 2 - target**2, 0.0))
                 noise = _randn(sample, generator)
             coefficients = functional.second_order(sigma, mid, target, c.prediction_type, churn)
-            stored = self.sample.to(dtype) if self.sample is not None else None
+            stored = self.sample
+            if stored is not None and stored.dtype != dtype:
+                stored = stored.to(dtype)
         prev_sample, x0 = _apply(coefficients, sample, model_output, stored, noise)
         self.sample = sample if self.state_in_first_order else None
         self._step_index = k + 1
@@ -389,9 +393,7 @@ class KDPM2DiscreteScheduler(ConfigMixin):
     def _sigmas_on(self, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
         key = (device, dtype)
         if key not in self._device_sigmas:
-            self._device_sigmas[key] = torch.tensor(self._host_sigmas, dtype=torch.float64).to(
-                device=device, dtype=dtype
-            )
+            self._device_sigmas[key] = _to_device(torch.tensor(self._host_sigmas, dtype=torch.float64), device, dtype)
         return self._device_sigmas[key]
 
     def add_noise(self, original_samples: torch.Tensor, noise: torch.Tensor, timesteps: torch.Tensor) -> torch.Tensor:
@@ -418,7 +420,7 @@ class KDPM2DiscreteScheduler(ConfigMixin):
 
     def _lookup_sigmas(self, timesteps: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
         """Per-timestep sigmas with diffusers' index rule; the lookup runs on the timesteps' device."""
-        table = self.timesteps.to(timesteps.device)
+        table = _to_device(self.timesteps, timesteps.device, self.timesteps.dtype)
         equal = timesteps.to(table.dtype)[:, None] == table[None, :]
         matches = equal.sum(dim=1)
         wanted = torch.where(matches > 1, 2, 1)
@@ -426,7 +428,7 @@ class KDPM2DiscreteScheduler(ConfigMixin):
         if not self._is_view_of_table(timesteps) and not bool((matches > 0).all()):
             missing = timesteps[matches == 0].tolist()
             raise ValueError(f"timesteps {missing} are not in the schedule (see scheduler.timesteps)")
-        return self._sigmas_on(like.device, like.dtype)[index.to(like.device)]
+        return self._sigmas_on(like.device, like.dtype)[_to_device(index, like.device, index.dtype)]
 
     def _is_view_of_table(self, timesteps: torch.Tensor) -> bool:
         table = self.timesteps
@@ -454,6 +456,20 @@ def _apply(
         if triton_step.supports(sample, model_output, stored, noise):
             return triton_step.apply_step(coefficients, sample, model_output, stored, noise)
     return functional.apply_step(coefficients, sample, model_output, stored, noise)
+
+
+def _to_device(table: torch.Tensor, device: str | torch.device | None, dtype: torch.dtype) -> torch.Tensor:
+    """A host table on ``device`` in ``dtype`` without waiting: CUDA gets a pinned, non-blocking copy.
+
+    A plain ``.to("cuda")`` from pageable memory blocks the host (and trips
+    ``torch.cuda.set_sync_debug_mode``); the caching host allocator keeps the pinned buffer alive
+    until the copy has run.
+    """
+    table = table.to(dtype)
+    target = torch.device(device) if device is not None else table.device
+    if target.type != "cuda" or table.device.type != "cpu":
+        return table.to(target)
+    return table.pin_memory().to(target, non_blocking=True)
 
 
 def _randn(like: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
