@@ -1,0 +1,160 @@
+"""The fused Triton kernel's arithmetic, checked on CPU with Triton's interpreter.
+
+``TRITON_INTERPRET=1`` must be set before triton is imported, so the kernel cases run in a child
+pytest process (``test_kernel_under_interpreter``) and skip in the parent. On a GPU machine the
+same comparisons run on CUDA in ``test_gpu_cuda.py``.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from kdpm2 import functional
+
+INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
+interpreted = pytest.mark.skipif(not INTERPRET, reason="runs in the TRITON_INTERPRET=1 child process")
+
+DTYPES = [torch.float32, torch.float16, torch.bfloat16]
+SHAPES = [(1,), (3, 4, 33, 17), (2, 1024)]  # one element, a ragged last block, exactly two blocks
+MANTISSA_BITS = {torch.float16: 10, torch.bfloat16: 7}
+SMALLEST_SUBNORMAL = {torch.float16: 2.0**-24, torch.bfloat16: 2.0**-133}
+
+
+def calls() -> list[tuple[str, functional.Coefficients, bool, bool]]:
+    """(name, coefficients, has stored, has noise) for each kind of call and prediction type."""
+    out = []
+    for p in functional.PREDICTION_TYPES:
+        out.append((f"first-{p}", functional.first_order(3.0, 1.7, p), False, False))
+        out.append((f"last-{p}", functional.first_order(0.03, 0.0, p), False, False))
+        out.append((f"second-{p}", functional.second_order(3.0, 1.7, 1.1, p), True, False))
+        out.append((f"churn-{p}", functional.second_order(3.0, 1.7, 1.1, p, churn=0.4), True, True))
+    return out
+
+
+CALLS = calls() if INTERPRET else []  # empty in the parent: one skip per test instead of one per case
+
+
+def inputs(shape: tuple[int, ...], dtype: torch.dtype, stored: bool, noise: bool, seed: int = 0) -> list:
+    g = torch.Generator().manual_seed(seed)
+    x, m, s, z = (torch.randn(shape, generator=g).mul(3).to(dtype) for _ in range(4))
+    return [x, m, s if stored else None, z if noise else None]
+
+
+def launch(c: functional.Coefficients, x, m, s, z):
+    from kdpm2 import triton_step
+
+    return triton_step._launch(triton_step._step_kernel, x, m, s, z, *c)
+
+
+def exact(c: functional.Coefficients, x, m, s, z, magnitude: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+    """Both outputs in float64 from the same (upcast) inputs, zero coefficients skipped.
+
+    With ``magnitude``, the sums of ``|c * t|`` instead (the scale of float32 rounding errors).
+    """
+
+    def combine(terms):
+        acc = torch.zeros(x.shape, dtype=torch.float64)
+        for coefficient, t in terms:
+            if t is not None and coefficient != 0.0:
+                term = coefficient * t.double()
+                acc = acc + (term.abs() if magnitude else term)
+        return acc
+
+    prev = combine([(c.stored, s), (c.sample, x), (c.model, m), (c.noise, z)])
+    return prev, combine([(c.x0_sample, x), (c.x0_model, m)])
+
+
+def ulp(value: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """The spacing of ``dtype`` at each float64 ``value``."""
+    _, exponent = torch.frexp(value.abs())
+    spacing = torch.pow(2.0, (exponent - 1 - MANTISSA_BITS[dtype]).double())
+    return spacing.clamp(min=SMALLEST_SUBNORMAL[dtype])
+
+
+def test_kernel_under_interpreter() -> None:
+    """Run this file's kernel cases in a child pytest with TRITON_INTERPRET=1."""
+    if INTERPRET:
+        pytest.skip("already in the interpreter process")
+    pytest.importorskip("triton")
+    env = {**os.environ, "TRITON_INTERPRET": "1", "PYTHONPATH": os.pathsep.join(sys.path)}
+    result = subprocess.run(
+        [sys.executable, "-m", "pytest", __file__, "-q", "-p", "no:cacheprovider", "-x"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert result.returncode == 0, f"interpreter run failed:\n{result.stdout[-6000:]}\n{result.stderr[-3000:]}"
+    assert " passed" in result.stdout and "failed" not in result.stdout, result.stdout[-2000:]
+
+
+@interpreted
+@pytest.mark.parametrize("shape", SHAPES, ids=str)
+@pytest.mark.parametrize(("name", "c", "stored", "noise"), CALLS, ids=[k[0] for k in CALLS])
+def test_float32_matches_plain_torch(name, c, stored, noise, shape) -> None:
+    """float32: the kernel agrees with ``functional.apply_step`` to float32 rounding."""
+    args = inputs(shape, torch.float32, stored, noise)
+    got = launch(c, *args)
+    want = functional.apply_step(c, args[0], args[1], args[2], args[3])
+    for label, g, w in zip(("prev_sample", "pred_original_sample"), got, want, strict=True):
+        assert g.dtype == torch.float32 and g.shape == w.shape
+        torch.testing.assert_close(g, w, rtol=1e-6, atol=1e-6, msg=lambda m, label=label: f"{label} [{name}]: {m}")
+
+
+@interpreted
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=str)
+@pytest.mark.parametrize(("name", "c", "stored", "noise"), CALLS, ids=[k[0] for k in CALLS])
+def test_half_within_one_ulp_of_float64(name, c, stored, noise, dtype) -> None:
+    """float16/bfloat16: each output is within 1 ulp of the float64 result on the same inputs.
+
+    Triton's interpreter truncates float32 -> bfloat16 (numpy has no bfloat16; compiled kernels
+    round to nearest even), so there the bfloat16 bound also allows float32 rounding of the terms.
+    The strict bound for both dtypes runs on CUDA (``test_gpu_cuda.py``).
+    """
+    args = inputs((3, 4, 33, 17), dtype, stored, noise, seed=1)
+    got = launch(c, *args)
+    want = exact(c, *args)
+    scale = exact(c, *args, magnitude=True)
+    plain = functional.apply_step(c, args[0], args[1], args[2], args[3])
+    truncating = dtype == torch.bfloat16
+    for label, g, w, p, size in zip(("prev_sample", "pred_original_sample"), got, want, plain, scale, strict=True):
+        assert g.dtype == dtype
+        error = (g.double() - w).abs()
+        bound = ulp(w, dtype) + (size * 2.0**-21 if truncating else 0.0)
+        worst = int((error / bound).argmax())
+        assert bool((error <= bound).all()), (
+            f"{label} [{name}, {dtype}]: error {error.flatten()[worst]:.3g} > 1 ulp {bound.flatten()[worst]:.3g}"
+        )
+        plain_error = (p.double() - w).abs()
+        assert bool((plain_error <= ulp(w, dtype)).all()), f"plain torch {label} [{name}, {dtype}] off by > 1 ulp"
+
+
+@interpreted
+def test_zero_coefficients_skip_nonfinite_inputs() -> None:
+    """A term with coefficient 0 is not read into the sum: inf there stays out (as the torch path)."""
+    c = functional.second_order(3.0, 1.7, 1.1, "epsilon")  # c.sample == 0
+    assert c.sample == 0.0
+    x, m, s, _ = inputs((64,), torch.float32, True, False)
+    x[5] = float("inf")
+    got = launch(c, x, m, s, None)
+    want = functional.apply_step(c, x, m, s, None)
+    assert bool(got[0].isfinite().all())
+    torch.testing.assert_close(got[0], want[0], rtol=1e-6, atol=1e-6)
+    torch.testing.assert_close(got[1], want[1], rtol=1e-6, atol=1e-6, equal_nan=True)
+
+
+@interpreted
+def test_outputs_are_fresh_tensors() -> None:
+    """The kernel writes new tensors and leaves its inputs untouched."""
+    c = functional.second_order(3.0, 1.7, 1.1, "v_prediction", churn=0.4)
+    args = inputs((3, 5), torch.float16, True, True)
+    before = [a.clone() for a in args]
+    prev, x0 = launch(c, *args)
+    assert prev.data_ptr() != x0.data_ptr()
+    assert all(prev.data_ptr() != a.data_ptr() for a in args)
+    assert all(torch.equal(a, b) for a, b in zip(args, before, strict=True))
