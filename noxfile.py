@@ -40,10 +40,25 @@ def docs(session: nox.Session) -> None:
 
 @nox.session
 def bench(session: nox.Session) -> None:
-    """Run the benchmarks against diffusers (CPU, and CUDA where present) and save JSON."""
+    """Run the benchmarks against diffusers (CPU, and CUDA where present) and save JSON.
+
+    Runs are saved under ``.benchmarks/``. Gate a change on a saved run with posargs, e.g.
+    ``nox -s bench -- --benchmark-compare=0001 --benchmark-compare-fail=mean:10%``;
+    ``-- -k cpu`` or ``-- -k cuda`` picks a device. ``KDPM2_BENCH_THREADS=1`` pins CPU threads.
+    Afterwards ``python bench/report.py --name cpu`` writes ``docs/benchmarks/cpu.{md,png}``.
+    """
     session.install(*TORCH, ".", *group("bench"))
     session.run(
-        "pytest", "bench", "--benchmark-only", "--benchmark-autosave", "-p", "no:cacheprovider", *session.posargs
+        "pytest",
+        "bench",
+        "--benchmark-only",
+        "--benchmark-autosave",
+        "--benchmark-min-rounds=10",
+        "--benchmark-max-time=0.5",
+        "--benchmark-columns=min,median,mean,iqr,rounds",
+        "-p",
+        "no:cacheprovider",
+        *session.posargs,
     )
 
 

@@ -419,7 +419,15 @@ class KDPM2DiscreteScheduler(ConfigMixin):
         return original_samples + noise * sigma
 
     def _lookup_sigmas(self, timesteps: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
-        """Per-timestep sigmas with diffusers' index rule; the lookup runs on the timesteps' device."""
+        """Per-timestep sigmas with diffusers' index rule.
+
+        A 1-D view of ``self.timesteps`` is resolved on the host from its storage offset and stride
+        (no device read, no device compare); other tensors are compared on their own device.
+        """
+        positions = self._view_positions(timesteps)
+        if positions is not None:
+            host = [self._host_sigmas[self._index_of[self._index_values[p]]] for p in positions]
+            return _to_device(torch.tensor(host, dtype=torch.float64), like.device, like.dtype)
         table = _to_device(self.timesteps, timesteps.device, self.timesteps.dtype)
         equal = timesteps.to(table.dtype)[:, None] == table[None, :]
         matches = equal.sum(dim=1)
@@ -429,6 +437,19 @@ class KDPM2DiscreteScheduler(ConfigMixin):
             missing = timesteps[matches == 0].tolist()
             raise ValueError(f"timesteps {missing} are not in the schedule (see scheduler.timesteps)")
         return self._sigmas_on(like.device, like.dtype)[_to_device(index, like.device, index.dtype)]
+
+    def _view_positions(self, timesteps: torch.Tensor) -> list[int] | None:
+        """Positions in ``self.timesteps`` of a 1-D view's elements, from tensor metadata only."""
+        table = self.timesteps
+        if timesteps.dim() != 1 or table.dim() != 1 or not self._is_view_of_table(timesteps):
+            return None
+        step = table.stride(0)
+        start = timesteps.storage_offset() - table.storage_offset()
+        stride = timesteps.stride(0)
+        positions = [start + i * stride for i in range(timesteps.shape[0])]
+        if step <= 0 or any(p % step or not 0 <= p // step < len(table) for p in positions):
+            return None
+        return [p // step for p in positions]
 
     def _is_view_of_table(self, timesteps: torch.Tensor) -> bool:
         table = self.timesteps
