@@ -91,8 +91,12 @@ def _combine(terms: list[tuple[float, torch.Tensor]], like: torch.Tensor) -> tor
         acc = t0  # a later add or the final rounding makes the result a new tensor
     else:
         acc = t0.clone()
+    fresh = c0 != 1.0 or upcast  # acc is ours: accumulate in place (fewer allocations, same values)
     for c, t in live:
-        acc = torch.add(acc, t, alpha=c)  # type promotion reads half inputs as float32
+        if fresh:
+            acc.add_(t, alpha=c)  # type promotion reads half inputs as float32
+        else:
+            acc, fresh = torch.add(acc, t, alpha=c), True
     return acc.to(dtype) if upcast else acc
 
 
