@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 import subprocess
 import sys
@@ -44,7 +45,7 @@ def test_demo_prints_a_table_with_decreasing_error_of_order_2(capsys: pytest.Cap
     assert status == 0, out
     steps, errors = table_errors(out)
     assert steps == [16, 32, 64]
-    assert all(b < a for a, b in zip(errors, errors[1:])), f"errors must decrease with the step count: {errors}"
+    assert all(b < a for a, b in itertools.pairwise(errors)), f"errors must decrease with the step count: {errors}"
     order = -np.polyfit(np.log(steps), np.log(errors), 1)[0]
     assert abs(order - 2) < 0.35, f"order {order:.2f} fitted from the printed errors {errors} is not about 2"
     assert "order fitted from the kdpm2 errors" in out
@@ -71,7 +72,9 @@ def test_demo_matches_k_diffusion_and_diffusers(capsys: pytest.CaptureFixture[st
 
 def test_demo_writes_the_figure(capsys: pytest.CaptureFixture[str], tmp_path: object) -> None:
     pytest.importorskip("matplotlib")
-    status, out, _ = run_cli(capsys, "demo", "--steps", "2", "4", "--points", "64", "--no-compare", "--out", str(tmp_path))
+    status, out, _ = run_cli(
+        capsys, "demo", "--steps", "2", "4", "--points", "64", "--no-compare", "--out", str(tmp_path)
+    )
     assert status == 0
     figure = tmp_path / "kdpm2-demo.png"  # type: ignore[operator]
     assert figure.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
@@ -104,11 +107,29 @@ def test_mixture_denoiser_is_the_posterior_mean() -> None:
 CONFIGS = [
     (["--steps", "10"], {}, 10),
     (["--steps", "7", "--use-karras-sigmas"], {"use_karras_sigmas": True}, 7),
-    (["--steps", "50", "--use-karras-sigmas", "--round-karras-timesteps"], {"use_karras_sigmas": True, "round_karras_timesteps": True}, 50),
-    (["--steps", "9", "--timestep-spacing", "leading", "--steps-offset", "1"], {"timestep_spacing": "leading", "steps_offset": 1}, 9),
+    (
+        ["--steps", "50", "--use-karras-sigmas", "--round-karras-timesteps"],
+        {"use_karras_sigmas": True, "round_karras_timesteps": True},
+        50,
+    ),
+    (
+        ["--steps", "9", "--timestep-spacing", "leading", "--steps-offset", "1"],
+        {"timestep_spacing": "leading", "steps_offset": 1},
+        9,
+    ),
     (["--steps", "61", "--timestep-spacing", "trailing"], {"timestep_spacing": "trailing"}, 61),
     (
-        ["--steps", "12", "--use-exponential-sigmas", "--sigma-min", "0.03", "--sigma-max", "14.6", "--prediction-type", "v_prediction"],
+        [
+            "--steps",
+            "12",
+            "--use-exponential-sigmas",
+            "--sigma-min",
+            "0.03",
+            "--sigma-max",
+            "14.6",
+            "--prediction-type",
+            "v_prediction",
+        ],
         {"use_exponential_sigmas": True, "sigma_min": 0.03, "sigma_max": 14.6, "prediction_type": "v_prediction"},
         12,
     ),
@@ -118,10 +139,23 @@ CONFIGS = [
         20,
         # The constructor's set_timesteps(num_train_timesteps) rejects 1000 steps with discard_penultimate_sigma;
         # fixed on the conformance branch: drop this mark once that fix is merged.
-        marks=pytest.mark.xfail(raises=AssertionError, strict=False, reason="discard_penultimate_sigma constructor bug"),
+        marks=pytest.mark.xfail(
+            raises=AssertionError, strict=False, reason="discard_penultimate_sigma constructor bug"
+        ),
     ),
     (
-        ["--steps", "8", "--beta-schedule", "scaled_linear", "--beta-start", "0.001", "--beta-end", "0.02", "--num-train-timesteps", "500"],
+        [
+            "--steps",
+            "8",
+            "--beta-schedule",
+            "scaled_linear",
+            "--beta-start",
+            "0.001",
+            "--beta-end",
+            "0.02",
+            "--num-train-timesteps",
+            "500",
+        ],
         {"beta_schedule": "scaled_linear", "beta_start": 0.001, "beta_end": 0.02, "num_train_timesteps": 500},
         8,
     ),
@@ -169,7 +203,9 @@ def test_schedule_trained_betas_from_a_file(capsys: pytest.CaptureFixture[str], 
     betas = np.linspace(1e-4, 0.02, 100).tolist()
     path = tmp_path / "betas.json"  # type: ignore[operator]
     path.write_text(json.dumps(betas))
-    status, out, err = run_cli(capsys, "schedule", "--steps", "4", "--num-train-timesteps", "100", "--trained-betas", str(path), "--json")
+    status, out, err = run_cli(
+        capsys, "schedule", "--steps", "4", "--num-train-timesteps", "100", "--trained-betas", str(path), "--json"
+    )
     assert status == 0, err
     scheduler = KDPM2DiscreteScheduler(num_train_timesteps=100, trained_betas=betas)
     scheduler.set_timesteps(4)
@@ -219,14 +255,19 @@ def test_bad_arguments_exit_2_with_a_message(capsys: pytest.CaptureFixture[str],
 @pytest.mark.parametrize(
     ("argv", "message"),
     [
-        (["--steps", "4", "--sigma-min", "5", "--sigma-max", "1"], "sigma_min (5.0) must be smaller than sigma_max (1.0)"),
+        (
+            ["--steps", "4", "--sigma-min", "5", "--sigma-max", "1"],
+            "sigma_min (5.0) must be smaller than sigma_max (1.0)",
+        ),
         (["--steps", "4", "--use-karras-sigmas", "--use-exponential-sigmas"], "at most one may be True"),
         (["--timesteps", "900,100", "--use-karras-sigmas"], "timesteps cannot be combined"),
         (["--sigmas", "1,2,0"], "strictly decreasing"),
         (["--steps", "1001"], "num_inference_steps must be between 1 and 1000"),
     ],
 )
-def test_scheduler_errors_exit_2_with_kdpm2_error(capsys: pytest.CaptureFixture[str], argv: list[str], message: str) -> None:
+def test_scheduler_errors_exit_2_with_kdpm2_error(
+    capsys: pytest.CaptureFixture[str], argv: list[str], message: str
+) -> None:
     status, out, err = run_cli(capsys, "schedule", *argv)
     assert status == 2
     assert err.startswith("kdpm2: error: ") and message in err, err
@@ -234,9 +275,16 @@ def test_scheduler_errors_exit_2_with_kdpm2_error(capsys: pytest.CaptureFixture[
 
 
 def test_python_dash_m_kdpm2() -> None:
-    done = subprocess.run([sys.executable, "-m", "kdpm2", "schedule", "--steps", "2"], capture_output=True, text=True, check=False)
+    done = subprocess.run(
+        [sys.executable, "-m", "kdpm2", "schedule", "--steps", "2"], capture_output=True, text=True, check=False
+    )
     assert done.returncode == 0, done.stderr
     assert "3 model calls" in done.stdout
-    done = subprocess.run([sys.executable, "-m", "kdpm2", "schedule", "--steps", "2", "--beta-end", "-1"], capture_output=True, text=True, check=False)
+    done = subprocess.run(
+        [sys.executable, "-m", "kdpm2", "schedule", "--steps", "2", "--beta-end", "-1"],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
     assert done.returncode == 2
     assert done.stderr.startswith("kdpm2: error: beta_end must be greater than 0.0")

@@ -68,13 +68,14 @@ def main() -> None:
     ax.plot(calls, zero, "o", color="gray", ms=7)
     ax.annotate(r"$\sigma = 0$", (calls, zero), textcoords="offset points", xytext=(0, 10), ha="center", fontsize=9)
     ax.plot([], [], "o", color="C0", label="first-order call: model at $s_i$, Euler move to $m_{i+1}$ (dashed)")
-    ax.plot([], [], "s", color="C1", label="second-order call: model at $m_{i+1}$, stored sample moves $s_i \\to s_{i+1}$")
+    ax.plot(
+        [], [], "s", color="C1", label="second-order call: model at $m_{i+1}$, stored sample moves $s_i \\to s_{i+1}$"
+    )
     ax.set_xticks(range(calls + 1), [f"call {k}" for k in range(calls)] + ["output"])
     ax.set_ylim(zero / 2, sigmas[0] * 4)
     ax.set_ylabel(r"$\sigma$ (log scale)")
     ax.set_title(
-        f"KDPM2, {STEPS} steps (Karras sigmas): {calls} model calls; "
-        f"timesteps = [t_0, u_1, t_1, u_2, t_2, u_3, t_3]",
+        f"KDPM2, {STEPS} steps (Karras sigmas): {calls} model calls; timesteps = [t_0, u_1, t_1, u_2, t_2, u_3, t_3]",
         fontsize=10,
     )
     ax.legend(loc="lower left", fontsize=9)

@@ -48,12 +48,14 @@ def main() -> None:
         import diffusers
     torch.set_num_threads(1)
     ours, theirs = kdpm2.KDPM2DiscreteScheduler(), diffusers.KDPM2DiscreteScheduler()
-    print(f"{platform.processor() or platform.machine()}, torch {torch.__version__}, diffusers {diffusers.__version__}, 1 thread")
+    print(
+        f"{platform.processor() or platform.machine()}, torch {torch.__version__}, diffusers {diffusers.__version__}, 1 thread"
+    )
     print("| measurement | kdpm2 | diffusers | ratio |")
     print("|---|---|---|---|")
     for n in (1000, 25):
-        a = best_of(lambda: ours.set_timesteps(n), number=3)
-        b = best_of(lambda: theirs.set_timesteps(n), number=3)
+        a = best_of(lambda n=n: ours.set_timesteps(n), number=3)
+        b = best_of(lambda n=n: theirs.set_timesteps(n), number=3)
         print(f"| `set_timesteps({n})` | {a * 1e3:.2f} ms | {b * 1e3:.2f} ms | {b / a:.0f}x |")
     for shape in ((1, 4, 64, 64), (4, 4, 128, 128)):
         a = step_call(kdpm2.KDPM2DiscreteScheduler, shape)

@@ -169,7 +169,7 @@ def diffusers_sampler(denoise: Denoiser, step_counts: tuple[int, ...]) -> Sample
     """diffusers' ``KDPM2DiscreteScheduler`` with ``use_karras_sigmas=True`` (the same sigmas, in float32)."""
     import diffusers
 
-    scheduler = diffusers.KDPM2DiscreteScheduler(use_karras_sigmas=True)
+    scheduler: Any = diffusers.KDPM2DiscreteScheduler(use_karras_sigmas=True)
 
     def sample(steps: int, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, list]:
         scheduler.set_timesteps(steps, device=x.device)
