@@ -83,7 +83,7 @@ def test_demo_writes_the_figure(capsys: pytest.CaptureFixture[str], tmp_path: ob
 
 def test_demo_without_matplotlib(capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setitem(sys.modules, "matplotlib", None)  # import matplotlib raises ImportError
-    status, out, _ = run_cli(capsys, "demo", "--steps", "2", "--points", "16", "--no-compare", "--out", "unused")
+    status, out, _ = run_cli(capsys, "demo", "--steps", "2", "3", "--points", "16", "--no-compare", "--out", "unused")
     assert status == 0
     assert "matplotlib is not installed" in out
 
@@ -241,7 +241,8 @@ def test_every_constructor_argument_has_a_flag(capsys: pytest.CaptureFixture[str
         (["schedule"], "one of the arguments --steps --sigmas --timesteps is required"),
         (["schedule", "--steps", "4", "--prediction-type", "noise"], "invalid choice: 'noise'"),
         (["schedule", "--sigmas", "1,x"], "expected comma-separated numbers"),
-        (["demo", "--steps", "-3"], "must be at least 1"),
+        (["demo", "--steps", "1"], "must be at least 2"),
+        (["demo", "--device", "nonsense"], "kdpm2: error: unknown device 'nonsense'"),
         ([], "required: COMMAND"),
     ],
 )

@@ -25,15 +25,20 @@ CHOICES = {
 """Constructor arguments that take one of a few names."""
 
 
-def _count(text: str) -> int:
-    """A positive integer."""
+def _count(text: str, low: int = 1) -> int:
+    """An integer of at least ``low``."""
     try:
         value = int(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    if value < low:
+        raise argparse.ArgumentTypeError(f"must be at least {low}, got {value}")
     return value
+
+
+def _demo_steps(text: str) -> int:
+    """A demo step count: at least 2, so that the last non-zero sigma is sigma_min."""
+    return _count(text, 2)
 
 
 def _floats(text: str) -> list[float]:
@@ -96,7 +101,9 @@ def build_parser() -> argparse.ArgumentParser:
         "at several step counts; print model calls, distance to the exact ODE solution and time, next to "
         "k-diffusion's sample_dpm_2 and diffusers' scheduler when they are installed; write kdpm2-demo.png.",
     )
-    demo.add_argument("--steps", type=_count, nargs="+", metavar="N", help="step counts (default: 8 .. 128)")
+    demo.add_argument(
+        "--steps", type=_demo_steps, nargs="+", metavar="N", help="step counts, at least 2 (default: 8 .. 128)"
+    )
     demo.add_argument("--out", metavar="DIR", default=".", help="directory for kdpm2-demo.png (default: .)")
     demo.add_argument("--no-plot", action="store_true", help="do not write the figure")
     demo.add_argument("--points", type=_count, default=2000, help="number of samples (default: 2000)")

@@ -253,7 +253,11 @@ def run(
 ) -> Result:
     """Sample the mixture at each step count with each sampler and measure error and time."""
     step_counts = tuple(sorted(set(step_counts)))
-    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    if not step_counts or step_counts[0] < 2:
+        raise ValueError(
+            f"step counts must be at least 2 (the last non-zero sigma is then sigma_min); got {step_counts}"
+        )
+    device = choose_device(device)
     data = Mixture.ring(device=device)
     sigma_min, sigma_max = training_sigma_range()  # the Karras sigmas' ends, for every step count
     generator = torch.Generator().manual_seed(seed)
@@ -272,7 +276,7 @@ def run(
     for name, steps in progress(jobs, "sampling", len(jobs)):
         start = time.perf_counter()
         final, before_last, trajectory = samplers[name](steps, x_start)
-        if device == "cuda":
+        if x_start.is_cuda:
             torch.cuda.synchronize()
         result.seconds.setdefault(name, []).append(time.perf_counter() - start)
         result.errors.setdefault(name, []).append(float(_rms(before_last - exact)))
@@ -281,6 +285,19 @@ def run(
         if name == "kdpm2" and steps == step_counts[-1]:
             result.samples = final
     return result
+
+
+def choose_device(device: str | None) -> str:
+    """``device``, checked; by default CUDA when present, else the CPU."""
+    if device is None:
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    try:
+        kind = torch.device(device).type
+    except RuntimeError:
+        raise ValueError(f"unknown device {device!r}") from None
+    if kind == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device {device!r}: CUDA is not available")
+    return device
 
 
 def _rms(difference: torch.Tensor) -> torch.Tensor:
@@ -382,7 +399,7 @@ def main(
 ) -> Result:
     """Run the demo, print its report and write ``kdpm2-demo.png`` into ``out`` (unless ``None``)."""
     threads = torch.get_num_threads()
-    if (device or ("cuda" if torch.cuda.is_available() else "cpu")) == "cpu":
+    if torch.device(choose_device(device)).type == "cpu":
         torch.set_num_threads(1)  # tensors of a few thousand numbers: threads cost more than they save
     try:
         result = run(step_counts, points=points, seed=seed, device=device, compare=compare)
