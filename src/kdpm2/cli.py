@@ -1,19 +1,212 @@
-"""The ``kdpm2`` command line: ``kdpm2 demo``."""
+"""The ``kdpm2`` command line: ``kdpm2 demo`` and ``kdpm2 schedule``.
+
+``kdpm2 schedule`` has one option per constructor argument of :class:`KDPM2DiscreteScheduler`,
+generated from its signature (``use_karras_sigmas`` becomes ``--use-karras-sigmas`` and
+``--no-use-karras-sigmas``), so the command line follows the scheduler.
+"""
 
 from __future__ import annotations
 
 import argparse
+import inspect
+import json
+import sys
 from collections.abc import Sequence
+from typing import Any
+
+from kdpm2 import functional, validation
+
+CHOICES = {
+    "beta_schedule": validation.BETA_SCHEDULES,
+    "prediction_type": functional.PREDICTION_TYPES,
+    "timestep_spacing": validation.TIMESTEP_SPACINGS,
+    "sigma_interpolation": validation.SIGMA_INTERPOLATIONS,
+}
+"""Constructor arguments that take one of a few names."""
+
+
+def _count(text: str, low: int = 1) -> int:
+    """An integer of at least ``low``."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
+    if value < low:
+        raise argparse.ArgumentTypeError(f"must be at least {low}, got {value}")
+    return value
+
+
+def _demo_steps(text: str) -> int:
+    """A demo step count: at least 2, so that the last non-zero sigma is sigma_min."""
+    return _count(text, 2)
+
+
+def _floats(text: str) -> list[float]:
+    """Comma-separated numbers (``14.6,3,0.5,0``)."""
+    try:
+        return [float(part) for part in text.replace(" ", "").split(",") if part]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated numbers, got {text!r}") from None
+
+
+def _float_file(path: str) -> list[float]:
+    """Numbers from a file: a JSON list, or separated by commas or white space."""
+    try:
+        with open(path, encoding="utf-8") as handle:
+            text = handle.read()
+    except OSError as error:
+        raise argparse.ArgumentTypeError(f"cannot read {path!r}: {error.strerror}") from None
+    try:
+        return [float(v) for v in json.loads(text)]
+    except (ValueError, TypeError):
+        return _floats(",".join(text.split()))
+
+
+def _option_type(name: str, parameter: inspect.Parameter) -> dict[str, Any]:
+    """argparse keywords for one constructor argument, from its default and annotation."""
+    default = parameter.default
+    if name == "trained_betas":
+        return {"type": _float_file, "metavar": "FILE", "help": "betas from a file (JSON list or one per line)"}
+    if isinstance(default, bool):
+        return {"action": argparse.BooleanOptionalAction, "help": f"(default: {default})"}
+    if name in CHOICES:
+        return {"choices": CHOICES[name], "help": f"(default: {default})"}
+    if isinstance(default, int):
+        return {"type": int, "metavar": "INT", "help": f"(default: {default})"}
+    if isinstance(default, float) or "float" in str(parameter.annotation):
+        shown = "from the schedule" if name.startswith("sigma_") else "infinity" if name == "s_tmax" else default
+        return {"type": float, "metavar": "FLOAT", "help": f"(default: {shown})"}
+    return {"type": str, "help": f"(default: {default})"}
+
+
+def add_scheduler_options(parser: argparse.ArgumentParser) -> None:
+    """One ``--option`` per constructor argument; options not given keep the scheduler's defaults."""
+    from kdpm2.scheduler import KDPM2DiscreteScheduler
+
+    group = parser.add_argument_group("scheduler configuration (KDPM2DiscreteScheduler arguments)")
+    for name, parameter in KDPM2DiscreteScheduler._init_parameters().items():
+        flag = "--" + name.replace("_", "-")
+        group.add_argument(flag, dest=name, default=argparse.SUPPRESS, **_option_type(name, parameter))
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The ``kdpm2`` argument parser with its ``demo`` and ``schedule`` commands."""
+    parser = argparse.ArgumentParser(prog="kdpm2", description="The KDPM2 (DPM-Solver-2) diffusion scheduler.")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    demo = commands.add_parser(
+        "demo",
+        help="sample a 2-D Gaussian mixture with its exact denoiser and print the error per step count",
+        description="Sample a 2-D Gaussian mixture with its closed-form denoiser (no weights, no downloads) "
+        "at several step counts; print model calls, distance to the exact ODE solution and time, next to "
+        "k-diffusion's sample_dpm_2 and diffusers' scheduler when they are installed; write kdpm2-demo.png.",
+    )
+    demo.add_argument(
+        "--steps", type=_demo_steps, nargs="+", metavar="N", help="step counts, at least 2 (default: 8 .. 128)"
+    )
+    demo.add_argument("--out", metavar="DIR", default=".", help="directory for kdpm2-demo.png (default: .)")
+    demo.add_argument("--no-plot", action="store_true", help="do not write the figure")
+    demo.add_argument("--points", type=_count, default=2000, help="number of samples (default: 2000)")
+    demo.add_argument("--seed", type=int, default=0, help="seed of the initial noise (default: 0)")
+    demo.add_argument("--device", help="torch device (default: cuda if available, else cpu)")
+    demo.add_argument("--no-compare", action="store_true", help="skip k-diffusion and diffusers")
+
+    schedule = commands.add_parser(
+        "schedule",
+        help="print the per-call timesteps and sigmas of a configuration",
+        description="Print what the scheduler feeds the model at each call of one configuration: "
+        "call index, order, timestep, sigma of the model input and the sigma the sample moves to.",
+    )
+    source = schedule.add_mutually_exclusive_group(required=True)
+    source.add_argument("--steps", type=_count, metavar="N", help="number of inference steps")
+    source.add_argument("--sigmas", type=_floats, metavar="S0,S1,...", help="custom sigmas, the final one included")
+    source.add_argument("--timesteps", type=_floats, metavar="T0,T1,...", help="custom decreasing timesteps")
+    schedule.add_argument("--json", action="store_true", help="print the tables and the config as JSON")
+    add_scheduler_options(schedule)
+    return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Parse the arguments and run the chosen command; returns the exit status."""
-    parser = argparse.ArgumentParser(prog="kdpm2", description="The KDPM2 (DPM-Solver-2) scheduler.")
-    commands = parser.add_subparsers(dest="command", required=True)
-    commands.add_parser("demo", help="sample a Gaussian problem with a closed-form denoiser and print the error")
+    parser = build_parser()
     args = parser.parse_args(argv)
-    if args.command == "demo":
-        from kdpm2 import demo
+    try:
+        if args.command == "demo":
+            return run_demo(args)
+        return run_schedule(args, parser)
+    except (ValueError, TypeError) as error:
+        print(f"kdpm2: error: {error}", file=sys.stderr)
+        return 2
 
-        demo.main()
+
+def run_demo(args: argparse.Namespace) -> int:
+    from kdpm2 import demo
+
+    demo.main(
+        step_counts=args.steps or demo.STEP_COUNTS,
+        out=None if args.no_plot else args.out,
+        points=args.points,
+        seed=args.seed,
+        device=args.device,
+        compare=not args.no_compare,
+    )
     return 0
+
+
+def run_schedule(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
+    from kdpm2.scheduler import KDPM2DiscreteScheduler
+
+    config = {name: getattr(args, name) for name in KDPM2DiscreteScheduler._init_parameters() if name in args}
+    scheduler = KDPM2DiscreteScheduler(**config)
+    scheduler.set_timesteps(args.steps, sigmas=args.sigmas, timesteps=args.timesteps)
+    if args.json:
+        print(json.dumps(schedule_json(scheduler), indent=2))
+    else:
+        print(schedule_table(scheduler))
+    return 0
+
+
+def calls(scheduler: Any) -> list[dict[str, Any]]:
+    """One row per model call: index, order, timestep, sigma of the model input, sigma moved to."""
+    sigmas, interpol = scheduler.sigmas.tolist(), scheduler.sigmas_interpol.tolist()
+    rows = []
+    for k, t in enumerate(scheduler.timesteps.tolist()):
+        first = k % 2 == 0
+        rows.append(
+            {
+                "call": k,
+                "order": 1 if first else 2,
+                "timestep": t,
+                "sigma": sigmas[k] if first else interpol[k],
+                "to_sigma": interpol[k + 1] if first else sigmas[k],
+            }
+        )
+    return rows
+
+
+def schedule_json(scheduler: Any) -> dict[str, Any]:
+    """The scheduler's tables as it holds them, its config and the per-call rows."""
+    return {
+        "num_inference_steps": scheduler.num_inference_steps,
+        "init_noise_sigma": float(scheduler.init_noise_sigma),
+        "timesteps": scheduler.timesteps.tolist(),
+        "sigmas": scheduler.sigmas.tolist(),
+        "sigmas_interpol": scheduler.sigmas_interpol.tolist(),
+        "calls": calls(scheduler),
+        "config": dict(scheduler.config),
+    }
+
+
+def schedule_table(scheduler: Any) -> str:
+    """The per-call table, with a line on the schedule's size and initial noise."""
+    rows = calls(scheduler)
+    lines = [
+        f"{scheduler.num_inference_steps} steps, {len(rows)} model calls, "
+        f"init_noise_sigma {float(scheduler.init_noise_sigma):.6g}",
+        f"{'call':>4} {'order':>5} {'timestep':>12} {'sigma':>12} {'to sigma':>12}",
+    ]
+    for row in rows:
+        lines.append(
+            f"{row['call']:>4} {row['order']:>5} {row['timestep']:>12.6g} {row['sigma']:>12.6g} {row['to_sigma']:>12.6g}"
+        )
+    return "\n".join(lines)
