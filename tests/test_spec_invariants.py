@@ -90,13 +90,13 @@ class Case(NamedTuple):
 
 def grid_configs() -> list[dict]:
     """The exhaustive grid: beta schedules x sigma families x spacings, plus the extra options."""
-    configs = [
-        make_config(b, f, s, o) for b, f, (s, o) in itertools.product(BETA_SCHEDULES, FAMILIES, SPACINGS)
-    ]
+    configs = [make_config(b, f, s, o) for b, f, (s, o) in itertools.product(BETA_SCHEDULES, FAMILIES, SPACINGS)]
     configs += [
         make_config("scaled_linear", None, "linspace", 0, sigma_interpolation="log"),
         make_config("scaled_linear", None, "leading", 1, discard_penultimate_sigma=True),
-        make_config("scaled_linear", "karras", "linspace", 0, sigma_interpolation="log", discard_penultimate_sigma=True),
+        make_config(
+            "scaled_linear", "karras", "linspace", 0, sigma_interpolation="log", discard_penultimate_sigma=True
+        ),
         make_config("scaled_linear", None, "linspace", 0, quantize_timesteps=True),
         make_config("scaled_linear", "karras", "leading", 1, quantize_timesteps=True),
         make_config("linear", "karras", "linspace", 0, sigma_min=0.002, sigma_max=80.0),
