@@ -114,7 +114,9 @@ class Reference:
         self.alphas_cumprod = schedule.alphas_cumprod(self.betas)
         self.train_sigmas = schedule.train_sigmas(self.alphas_cumprod)
         self.log_sigmas = np.log(self.train_sigmas)
-        self.set_timesteps(num_train_timesteps)
+        # diffusers' default tables have T steps; dropping the penultimate sigma needs T spaced
+        # timesteps for n steps plus one, so the longest schedule it allows is T - 1 steps.
+        self.set_timesteps(num_train_timesteps - 1 if discard_penultimate_sigma else num_train_timesteps)
 
     # -- schedule -----------------------------------------------------------------------------
 
