@@ -84,6 +84,12 @@ def test_bad_custom_timesteps(timesteps):
         KDPM2DiscreteScheduler().set_timesteps(timesteps=timesteps)
 
 
+def test_custom_timesteps_with_sigma_family():
+    """As diffusers' Euler: custom timesteps contradict a Karras/exponential/beta schedule."""
+    with pytest.raises(ValueError, match="timesteps.*use_karras"):
+        KDPM2DiscreteScheduler(use_karras_sigmas=True).set_timesteps(timesteps=[900, 100])
+
+
 def test_timestep_not_in_schedule():
     s = KDPM2DiscreteScheduler()
     s.set_timesteps(5)
@@ -157,8 +163,9 @@ DTYPES = st.sampled_from([torch.float32, torch.float64, torch.float16, torch.bfl
 def test_inputs_never_modified(config, dtype, n, begin):
     s = KDPM2DiscreteScheduler(**config)
     timesteps = torch.tensor([900.0, 400.0, 100.0])
-    with unchanged(timesteps):
-        s.set_timesteps(timesteps=timesteps)
+    if not config.get("use_karras_sigmas"):
+        with unchanged(timesteps):
+            s.set_timesteps(timesteps=timesteps)
     sigmas = torch.tensor([10.0, 2.0, 0.5, 0.0], dtype=torch.float64)
     with unchanged(sigmas):
         s.set_timesteps(sigmas=sigmas)
