@@ -15,11 +15,18 @@ import torch
 from diffusers import UNet2DModel
 from k_diffusion import external, sampling
 
-from helpers_sched import assert_rel_close
+from helpers_sched import assert_rel_close, one_thread
 from kdpm2 import KDPM2DiscreteScheduler
+from kdpm2_spec import Reference
 
 RTOL = 1e-6
 SHAPE = (1, 3, 8, 8)
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    with one_thread():
+        yield
 
 
 @functools.lru_cache(maxsize=1)
@@ -73,8 +80,7 @@ def our_loop(scheduler: KDPM2DiscreteScheduler, seed: int | None = None, unchurn
     if unchurned_first is None:
         sample = noise() * scheduler.init_noise_sigma.double()
     else:
-        s0, sh0 = unchurned_first, float(scheduler.sigmas[0].double())
-        sh0 = max(scheduler._host_sigmas)  # the float64 churned level (sigmas is float32)
+        s0, sh0 = unchurned_first, float(scheduler.sigmas[0])
         eps0 = torch.randn(SHAPE, generator=generator, dtype=torch.float64)
         sample = noise() * s0 + scheduler.config.s_noise * eps0 * (sh0**2 - s0**2) ** 0.5
     for t in scheduler.timesteps:
@@ -202,8 +208,9 @@ def test_quantized_karras_timesteps():
     ours = KDPM2DiscreteScheduler(beta_schedule="scaled_linear", use_karras_sigmas=True, quantize_timesteps=True)
     model = denoiser(ours, quantize=True)
     ours.set_timesteps(8)
-    sigmas = torch.tensor(ours._host_sigmas, dtype=torch.float64)
-    interpol = torch.tensor(ours._host_interpol, dtype=torch.float64)
+    ref = Reference(beta_schedule="scaled_linear", use_karras_sigmas=True, quantize_timesteps=True)
+    ref.set_timesteps(8)
+    sigmas, interpol = torch.from_numpy(ref.sigmas), torch.from_numpy(ref.sigmas_interpol)
     calls = [sigmas[k] if k % 2 == 0 else interpol[k] for k in range(len(ours.timesteps))]
     expected = model.sigma_to_t(torch.stack(calls))
     assert torch.equal(ours.timesteps.double(), expected.double())
