@@ -114,7 +114,8 @@ class Reference:
         self.alphas_cumprod = schedule.alphas_cumprod(self.betas)
         self.train_sigmas = schedule.train_sigmas(self.alphas_cumprod)
         self.log_sigmas = np.log(self.train_sigmas)
-        self.set_timesteps(num_train_timesteps)
+        # the full-length schedule; with the discard, n + 1 sigmas must fit the training grid
+        self.set_timesteps(num_train_timesteps - 1 if discard_penultimate_sigma else num_train_timesteps)
 
     # -- schedule -----------------------------------------------------------------------------
 
