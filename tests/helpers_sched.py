@@ -49,7 +49,7 @@ def config_id(config: tuple) -> str:
     return f"{beta}-{family or 'plain'}-{spacing}-off{offset}"
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _diffusers_base(beta: str) -> Any:
     import diffusers
 

@@ -64,14 +64,19 @@ def test_num_inference_steps_bounds():
     ],
 )
 def test_exactly_one_schedule_source(kwargs):
-    with pytest.raises(ValueError, match="num_inference_steps.*timesteps.*sigmas"):
+    with pytest.raises(ValueError, match=r"num_inference_steps.*timesteps.*sigmas"):
         KDPM2DiscreteScheduler().set_timesteps(**kwargs)
 
 
 @pytest.mark.parametrize(
     ("sigmas", "match"),
-    [([3.0, -1.0, 0.0], "positive"), ([1.0, 3.0, 0.0], "decreasing"), ([3.0, 3.0, 0.0], "decreasing"),
-     ([3.0, float("nan"), 0.0], "finite"), ([3.0], "at least 2")],
+    [
+        ([3.0, -1.0, 0.0], "positive"),
+        ([1.0, 3.0, 0.0], "decreasing"),
+        ([3.0, 3.0, 0.0], "decreasing"),
+        ([3.0, float("nan"), 0.0], "finite"),
+        ([3.0], "at least 2"),
+    ],
 )
 def test_bad_custom_sigmas(sigmas, match):
     with pytest.raises(ValueError, match=f"sigmas.*{match}|{match}.*sigmas|sigmas must"):
@@ -86,7 +91,7 @@ def test_bad_custom_timesteps(timesteps):
 
 def test_custom_timesteps_with_sigma_family():
     """As diffusers' Euler: custom timesteps contradict a Karras/exponential/beta schedule."""
-    with pytest.raises(ValueError, match="timesteps.*use_karras"):
+    with pytest.raises(ValueError, match=r"timesteps.*use_karras"):
         KDPM2DiscreteScheduler(use_karras_sigmas=True).set_timesteps(timesteps=[900, 100])
 
 
@@ -94,9 +99,9 @@ def test_timestep_not_in_schedule():
     s = KDPM2DiscreteScheduler()
     s.set_timesteps(5)
     x = torch.zeros(1, 2, 2, 2)
-    with pytest.raises(ValueError, match="timestep.*not in the schedule"):
+    with pytest.raises(ValueError, match=r"timestep.*not in the schedule"):
         s.step(x, 123.25, x)
-    with pytest.raises(ValueError, match="timestep.*not in the schedule"):
+    with pytest.raises(ValueError, match=r"timestep.*not in the schedule"):
         s.scale_model_input(x, torch.tensor(3.0))
     with pytest.raises(ValueError, match="not in the schedule"):
         s.index_for_timestep(17.5)
@@ -119,7 +124,7 @@ def test_step_past_the_end():
 def test_shape_mismatch():
     s = KDPM2DiscreteScheduler()
     s.set_timesteps(3)
-    with pytest.raises(ValueError, match="model_output shape.*sample shape"):
+    with pytest.raises(ValueError, match=r"model_output shape.*sample shape"):
         s.step(torch.zeros(1, 2, 2, 2), s.timesteps[0], torch.zeros(1, 2, 2, 3))
 
 

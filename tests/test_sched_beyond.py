@@ -20,7 +20,9 @@ def model(x: np.ndarray | torch.Tensor, t: float) -> np.ndarray | torch.Tensor:
     return 0.3 * x + 0.1 * float(np.sin(np.float32(t)))
 
 
-def loops(config: dict, seed: int = 0, begin: bool = False, **set_kwargs) -> tuple[torch.Tensor, np.ndarray, KDPM2DiscreteScheduler, Reference]:
+def loops(
+    config: dict, seed: int = 0, begin: bool = False, **set_kwargs
+) -> tuple[torch.Tensor, np.ndarray, KDPM2DiscreteScheduler, Reference]:
     ours, ref = KDPM2DiscreteScheduler(**config), Reference(**config)
     ours.set_timesteps(**set_kwargs)
     ref.set_timesteps(**set_kwargs)
@@ -109,7 +111,7 @@ def test_retrieve_timesteps_with_custom_schedules():
 def test_sigma_bounds(family):
     """``sigma_min``/``sigma_max`` bound the family (diffusers takes the spaced schedule's ends)."""
     config = {f"use_{family}_sigmas": True, "sigma_min": 0.1, "sigma_max": 20.0}
-    a, b, ours, ref = loops(config, num_inference_steps=6)
+    a, b, ours, _ = loops(config, num_inference_steps=6)
     main = ours.sigmas[0:-2:2]
     torch.testing.assert_close(main[0], torch.tensor(20.0), rtol=1e-7, atol=0)
     torch.testing.assert_close(ours.sigmas[-4], torch.tensor(0.1), rtol=1e-6, atol=0)

@@ -146,7 +146,9 @@ def a1111_discard(sigmas: torch.Tensor) -> torch.Tensor:
 @pytest.mark.parametrize("n", [3, 6])
 def test_a1111_dpm2(n):
     """A1111 "DPM2": ``get_sigmas(n + 1)`` without its last nonzero sigma, continuous timesteps."""
-    ours = KDPM2DiscreteScheduler(beta_schedule="scaled_linear", sigma_interpolation="log", discard_penultimate_sigma=True)
+    ours = KDPM2DiscreteScheduler(
+        beta_schedule="scaled_linear", sigma_interpolation="log", discard_penultimate_sigma=True
+    )
     model = denoiser(ours)
     sigmas = a1111_discard(model.get_sigmas(n + 1).double())
     ours.set_timesteps(n)
@@ -163,7 +165,11 @@ def test_a1111_dpm2_karras(n):
     model = denoiser(probe)
     lo, hi = float(model.sigma_min), float(model.sigma_max)
     ours = KDPM2DiscreteScheduler(
-        beta_schedule="scaled_linear", use_karras_sigmas=True, sigma_min=lo, sigma_max=hi, discard_penultimate_sigma=True
+        beta_schedule="scaled_linear",
+        use_karras_sigmas=True,
+        sigma_min=lo,
+        sigma_max=hi,
+        discard_penultimate_sigma=True,
     )
     # k-diffusion builds Karras sigmas in float32; the same formula in float64 is the exact schedule
     sigmas32 = a1111_discard(sampling.get_sigmas_karras(n + 1, lo, hi))

@@ -103,11 +103,25 @@ def run(pipeline_class, components, scheduler, **call):
 )
 def test_text_to_image(components, options):
     config = {**SCHEDULER_CONFIG, **options}
-    expected, _ = run(StableDiffusionPipeline, components, DiffusersKDPM2(**config), num_inference_steps=3,
-                      height=32, width=32, guidance_scale=5.0)
+    expected, _ = run(
+        StableDiffusionPipeline,
+        components,
+        DiffusersKDPM2(**config),
+        num_inference_steps=3,
+        height=32,
+        width=32,
+        guidance_scale=5.0,
+    )
     ours_scheduler = KDPM2DiscreteScheduler(**config, round_karras_timesteps=bool(options.get("use_karras_sigmas")))
-    actual, pipe = run(StableDiffusionPipeline, components, ours_scheduler, num_inference_steps=3,
-                       height=32, width=32, guidance_scale=5.0)
+    actual, pipe = run(
+        StableDiffusionPipeline,
+        components,
+        ours_scheduler,
+        num_inference_steps=3,
+        height=32,
+        width=32,
+        guidance_scale=5.0,
+    )
     assert pipe.scheduler is ours_scheduler
     assert actual.shape == expected.shape == (1, 32, 32, 3)
     assert np.isfinite(actual).all()
@@ -118,8 +132,14 @@ def test_text_to_image_steps_offset_rewrite(components):
     """The pipeline rewrites ``steps_offset`` to 1 through ``_internal_dict``; ours keeps working."""
     ours = KDPM2DiscreteScheduler(**SCHEDULER_CONFIG, timestep_spacing="leading")
     actual, pipe = run(StableDiffusionPipeline, components, ours, num_inference_steps=2, height=32, width=32)
-    expected, _ = run(StableDiffusionPipeline, components, DiffusersKDPM2(**SCHEDULER_CONFIG, timestep_spacing="leading"),
-                      num_inference_steps=2, height=32, width=32)
+    expected, _ = run(
+        StableDiffusionPipeline,
+        components,
+        DiffusersKDPM2(**SCHEDULER_CONFIG, timestep_spacing="leading"),
+        num_inference_steps=2,
+        height=32,
+        width=32,
+    )
     assert pipe.scheduler.config.steps_offset == 1
     np.testing.assert_allclose(actual, expected, rtol=0, atol=ATOL)
     # control: another sampler gives a visibly different image, so the comparison has teeth
