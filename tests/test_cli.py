@@ -133,15 +133,10 @@ CONFIGS = [
         {"use_exponential_sigmas": True, "sigma_min": 0.03, "sigma_max": 14.6, "prediction_type": "v_prediction"},
         12,
     ),
-    pytest.param(
+    (
         ["--steps", "20", "--sigma-interpolation", "log", "--discard-penultimate-sigma", "--quantize-timesteps"],
         {"sigma_interpolation": "log", "discard_penultimate_sigma": True, "quantize_timesteps": True},
         20,
-        # The constructor's set_timesteps(num_train_timesteps) rejects 1000 steps with discard_penultimate_sigma;
-        # fixed on the conformance branch: drop this mark once that fix is merged.
-        marks=pytest.mark.xfail(
-            raises=AssertionError, strict=False, reason="discard_penultimate_sigma constructor bug"
-        ),
     ),
     (
         [

@@ -137,7 +137,8 @@ class KDPM2DiscreteScheduler(ConfigMixin):
         self.betas = tables.train_betas(num_train_timesteps, beta_start, beta_end, beta_schedule, trained_betas)
         self.alphas = 1.0 - self.betas
         self.alphas_cumprod = torch.cumprod(self.alphas, dim=0)
-        self.set_timesteps(num_train_timesteps)
+        # diffusers builds the full-length schedule here; with the discard it has one step fewer
+        self.set_timesteps(num_train_timesteps - 1 if discard_penultimate_sigma else num_train_timesteps)
 
     # -- schedule -----------------------------------------------------------------------------
 
