@@ -31,6 +31,13 @@ def _call_sigma(sigmas: np.ndarray, interpol: np.ndarray, k: int, first_order: b
     return float(sigmas[k] if first_order else interpol[k])
 
 
+def check_tables_finite(sched: Any, adapter: Adapter = NUMPY) -> None:
+    """``sigmas``, ``sigmas_interpol`` and ``timesteps`` hold no NaN or infinity (not even unread entries)."""
+    for name, table in zip(("sigmas", "sigmas_interpol", "timesteps"), _tables(sched, adapter), strict=True):
+        bad = np.flatnonzero(~np.isfinite(table))
+        assert len(bad) == 0, f"{name}[{bad[0] if len(bad) else 0}]={table[bad[:1]]} is not finite"
+
+
 def check_sigmas_decreasing(sched: Any, adapter: Adapter = NUMPY) -> None:
     """Main sigmas are positive and strictly decreasing before the final value (0 or more)."""
     sigmas, _, _ = _tables(sched, adapter)

@@ -114,7 +114,8 @@ class Reference:
         self.alphas_cumprod = schedule.alphas_cumprod(self.betas)
         self.train_sigmas = schedule.train_sigmas(self.alphas_cumprod)
         self.log_sigmas = np.log(self.train_sigmas)
-        self.set_timesteps(num_train_timesteps)
+        # the initial schedule spaces all training timesteps (n + 1 of them when one is discarded)
+        self.set_timesteps(num_train_timesteps - 1 if discard_penultimate_sigma else num_train_timesteps)
 
     # -- schedule -----------------------------------------------------------------------------
 
@@ -218,7 +219,8 @@ class Reference:
 
     def set_begin_index(self, begin_index: int = 0) -> None:
         """Start the next loop at call ``begin_index`` instead of looking the timestep up."""
-        assert 0 <= begin_index < len(self.timesteps), begin_index
+        if not 0 <= begin_index < len(self.timesteps):
+            raise ValueError(f"begin_index must be in [0, {len(self.timesteps) - 1}], got {begin_index}")
         self._begin_index = begin_index
 
     @property
@@ -264,7 +266,9 @@ class Reference:
         assert model_output.shape == sample.shape
         self._init_step_index(timestep)
         k = self._step_index
-        assert k is not None and k < len(self.timesteps), "step past the end of the schedule"
+        assert k is not None
+        if k >= len(self.timesteps):
+            raise ValueError(f"step past the end of the schedule: all {len(self.timesteps)} calls have run")
         prediction = self.config["prediction_type"]
         if self.state_in_first_order:
             sigma, sigma_mid = self.sigmas[k], self.sigmas_interpol[k + 1]

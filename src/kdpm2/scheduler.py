@@ -137,7 +137,8 @@ class KDPM2DiscreteScheduler(ConfigMixin):
         self.betas = tables.train_betas(num_train_timesteps, beta_start, beta_end, beta_schedule, trained_betas)
         self.alphas = 1.0 - self.betas
         self.alphas_cumprod = torch.cumprod(self.alphas, dim=0)
-        self.set_timesteps(num_train_timesteps)
+        # the initial schedule: all training timesteps (one fewer steps when one sigma is discarded)
+        self.set_timesteps(num_train_timesteps - 1 if discard_penultimate_sigma else num_train_timesteps)
 
     # -- schedule -----------------------------------------------------------------------------
 
