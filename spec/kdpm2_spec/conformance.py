@@ -75,14 +75,19 @@ class Unsupported(Exception):
 # -- comparison ---------------------------------------------------------------------------------
 
 
-def _close(call: str, what: str, ref: np.ndarray, got: np.ndarray, rtol: float) -> None:
+def _close(call: str, what: str, ref: np.ndarray, got: np.ndarray, rtol: float, scale: float = 1.0) -> None:
+    """``got`` equals ``ref`` within ``rtol`` of the largest of ``|ref|``, 1 and ``scale``.
+
+    ``scale`` is the size of the operands (rounding errors are relative to them, not to a
+    result that cancellation made small).
+    """
     ref, got = np.asarray(ref, dtype=np.float64), np.asarray(got, dtype=np.float64)
     assert ref.shape == got.shape, f"{what} has shape {got.shape}, but should be {ref.shape} [{call}]"
     finite = np.isfinite(ref)
     assert np.array_equal(np.isfinite(got), finite), f"{what}={got} is not finite where {ref} is [{call}]"
     if not finite.any():
         return
-    scale = max(1.0, float(np.max(np.abs(ref[finite]))))
+    scale = max(1.0, scale, float(np.max(np.abs(ref[finite]))))
     err = np.abs(got[finite] - ref[finite])
     if np.all(err <= rtol * scale):
         return
@@ -186,6 +191,14 @@ def run_loop(
     elif noise is not None:
         noise.draw(shape)
     for k in range(start, calls):
+        if ref.step_index is not None and ref.step_index >= calls:
+            # a repeated first timestep made the lookup skip a call: the reference's next step raises
+            try:
+                impl.scale_model_input(x_impl, impl.timesteps[k])
+                impl.step(adapter.tensor(np.zeros(shape)), impl.timesteps[k], x_impl)
+            except (ValueError, LookupError):
+                return
+            raise AssertionError(f"call {k}: step past the end (step_index={ref.step_index}) must raise ValueError [{text}]")
         where = f"call {k} of {text}" + (f"; set_begin_index({start})" if begin is not None else "")
         t_ref, t_impl = ref.timesteps[k], impl.timesteps[k]
         first_order = ref.state_in_first_order
@@ -213,8 +226,11 @@ def run_loop(
                 return
             raise AssertionError(f"step(model_output, timesteps[{k}], sample) must raise ValueError ({error}) [{where}]") from None
         got = impl.step(adapter.tensor(out), t_impl, x_impl, **noise.step_kwargs(drawn) if noise else {})
-        _close(f"step(model_output, timesteps[{k}], sample) [{where}]", "prev_sample", want.prev_sample, adapter.array(got.prev_sample), rtol)
-        _close(f"step(model_output, timesteps[{k}], sample) [{where}]", "pred_original_sample", want.pred_original_sample, adapter.array(got.pred_original_sample), rtol)
+        # rounding is relative to the operands: sigma * model_output can be 100x the result
+        operands = max(float(np.max(np.abs(x_ref))), sigma * float(np.max(np.abs(out))), float(np.max(np.abs(drawn if drawn is not None else 0))))
+        call = f"step(model_output, timesteps[{k}], sample) [{where}]"
+        _close(call, "prev_sample", want.prev_sample, adapter.array(got.prev_sample), rtol, operands)
+        _close(call, "pred_original_sample", want.pred_original_sample, adapter.array(got.pred_original_sample), rtol, operands)
         x_ref, x_impl = want.prev_sample, got.prev_sample
 
 
