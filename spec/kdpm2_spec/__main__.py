@@ -34,6 +34,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     check.add_argument("--profile", choices=["ci", "dev", "thorough"], default=None, help="Hypothesis profile")
     check.add_argument("--only", action="append", default=None, metavar="NAME", help="run only this property")
     check.add_argument("--case", default=None, help="re-check one case (with one --only)")
+    check.add_argument("--no-shrink", action="store_true", help="report failing cases unshrunk (faster)")
     args = parser.parse_args(argv)
 
     from kdpm2_spec import conformance
@@ -51,7 +52,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         conformance.check_case(cls, args.only[0], case)
         print(f"PASS {args.only[0]} on {args.case}")
         return 0
-    report = conformance.run(cls, profile=args.profile, only=args.only, echo=lambda line: print(line, flush=True))
+    report = conformance.run(
+        cls, profile=args.profile, only=args.only, echo=lambda line: print(line, flush=True), shrink=not args.no_shrink
+    )
     print(report.summary())
     return 0 if report.ok else 1
 

@@ -253,18 +253,40 @@ class Property(NamedTuple):
     doc: str
     strategy: Callable[[Target], Any]
     check: Callable[[Target, Any], None]
+    examples: tuple[Any, ...] = ()
 
+
+SCHEDULE_EXAMPLES = (
+    ks.Schedule({"use_karras_sigmas": True}, 50),  # diffusers: a timestep repeats (#5746)
+    ks.Schedule({"use_karras_sigmas": True}, 100),  # diffusers: several repeat and rise
+    ks.Schedule({"timestep_spacing": "leading", "steps_offset": 1}, 25),
+    ks.Schedule({"timestep_spacing": "trailing"}, 61),  # diffusers: 62 timesteps, the last -1
+    ks.Schedule({}, 1),  # one inference step: a single Euler call
+    ks.Schedule({"beta_schedule": "squaredcos_cap_v2"}, 25),  # sigma_max about 157
+    ks.Schedule({"discard_penultimate_sigma": True}, 1),  # bug: the constructor raised
+    ks.Schedule({}, 3),  # bug: set_begin_index(5) was accepted for 5 calls
+)
+"""Pinned schedules: diffusers' known edge cases and the bugs this suite found."""
+
+LOOP_EXAMPLES = tuple(ks.Loop(s.config, s.steps, None, 0.1, 0, (2, 3)) for s in SCHEDULE_EXAMPLES) + (
+    ks.Loop({"beta_schedule": "squaredcos_cap_v2", "discard_penultimate_sigma": True}, 1, None, 0.0, 0, (2, 3)),
+    ks.Loop({"use_exponential_sigmas": True, "sigma_max": 20.0}, 7, None, 0.0, 0, (2, 3)),  # repeated first timestep
+    ks.Loop({"use_karras_sigmas": True}, 50, 10, 0.1, 0, (2, 3)),  # image to image
+)
+"""Pinned loops: the schedules above, plus cancellation at sigma 157 and a skipped first call."""
 
 PROPERTIES: dict[str, Property] = {}
 """Every property by name, in the order they run."""
 
 
-def prop(strategy: Callable[[Target], Any]) -> Callable[[Callable[[Target, Any], None]], Callable[[Target, Any], None]]:
+def prop(
+    strategy: Callable[[Target], Any], examples: tuple[Any, ...] = ()
+) -> Callable[[Callable[[Target, Any], None]], Callable[[Target, Any], None]]:
     """Register a check under its function name; its docstring's first line describes it."""
 
     def register(check: Callable[[Target, Any], None]) -> Callable[[Target, Any], None]:
         doc = (inspect.getdoc(check) or "").splitlines()[0]
-        PROPERTIES[check.__name__] = Property(check.__name__, doc, strategy, check)
+        PROPERTIES[check.__name__] = Property(check.__name__, doc, strategy, check, examples)
         return check
 
     return register
@@ -298,14 +320,17 @@ def _invariant(name: str) -> None:
 
     doc = inspect.getdoc(getattr(invariants, f"check_{name}")) or name
     strategy = lambda target: ks.schedules(target.args, churn=False)  # noqa: E731 - churn lifts timesteps
-    PROPERTIES[name] = Property(name, doc.splitlines()[0], strategy, run_check)
+    PROPERTIES[name] = Property(name, doc.splitlines()[0], strategy, run_check, SCHEDULE_EXAMPLES)
 
 
 for _name in INVARIANTS:
     _invariant(_name)
 
 
-@prop(lambda target: ks.loops(target.args, churn=False).filter(lambda c: c.begin is not None))
+@prop(
+    lambda target: ks.loops(target.args, churn=False).filter(lambda c: c.begin is not None),
+    tuple(c._replace(begin=c.steps // 2) for c in LOOP_EXAMPLES[:8]),
+)
 def exact_denoiser(target: Target, case: ks.Loop) -> None:
     """With the exact denoiser of one point, image-to-image sampling lands on ``x0 + s_i * noise`` (spec invariant)."""
     impl = target.create(case.config)
@@ -320,7 +345,7 @@ def exact_denoiser(target: Target, case: ks.Loop) -> None:
         ) from None
 
 
-@prop(lambda target: ks.schedules(target.args))
+@prop(lambda target: ks.schedules(target.args), SCHEDULE_EXAMPLES)
 def tables_match_reference(target: Target, case: ks.Schedule) -> None:
     """``sigmas``, ``sigmas_interpol``, ``timesteps`` and ``init_noise_sigma`` equal the reference's (float32 precision)."""
     ref, impl, text = _built(target, case.config, **_steps(case.steps))
@@ -330,13 +355,13 @@ def tables_match_reference(target: Target, case: ks.Schedule) -> None:
     _close(text, "init_noise_sigma", np.array(ref.init_noise_sigma), a.array(impl.init_noise_sigma), TABLE_RTOL)
 
 
-@prop(lambda target: ks.loops(target.args))
+@prop(lambda target: ks.loops(target.args), LOOP_EXAMPLES)
 def sampling_loop(target: Target, case: ks.Loop) -> None:
     """Whole sampling loops (from noise or image to image) equal the reference's, to float32 table precision."""
     run_loop(target, target.adapter, case.config, _steps(case.steps), case.begin, case.model, case.seed, case.shape, LOOP_RTOL)
 
 
-@prop(lambda target: ks.loops(target.args))
+@prop(lambda target: ks.loops(target.args), LOOP_EXAMPLES)
 def sampling_loop_exact(target: Target, case: ks.Loop) -> None:
     """Whole float64 sampling loops equal the reference's to 1e-12 relative (rounding only)."""
     run_loop(target, target.adapter, case.config, _steps(case.steps), case.begin, case.model, case.seed, case.shape, EXACT_RTOL)
@@ -351,7 +376,7 @@ def _needs_arg(target: Target, *names: str) -> None:
 @prop(lambda target: ks.loops(target.args, prediction=ks.st.just("sample"), churn=False))
 def prediction_sample(target: Target, case: ks.Loop) -> None:
     """``prediction_type="sample"`` (the model predicts x0) samples as the reference."""
-    run_loop(target, target.adapter, case.config, _steps(case.steps), case.begin, case.model, case.seed, case.shape, EXACT_RTOL)
+    run_loop(target, target.adapter, case.config, _steps(case.steps), case.begin, case.model, case.seed, case.shape, LOOP_RTOL)
 
 
 @prop(lambda target: ks.customs(target.args, "sigmas"))
@@ -386,7 +411,7 @@ def _with_dtype(target: Target, dtype: str) -> Any:
     return target.adapter.with_dtype(dtype)
 
 
-@prop(lambda target: ks.loops(target.args, churn=False))
+@prop(lambda target: ks.loops(target.args, churn=False), LOOP_EXAMPLES)
 def float32_loop(target: Target, case: ks.Loop) -> None:
     """float32 sampling loops stay within 1e-5 (relative to the largest value) of the float64 reference."""
     adapter = _with_dtype(target, "float32")
@@ -424,7 +449,7 @@ def low_precision_step(target: Target, case: ks.LowPrecision) -> None:
             )
 
 
-@prop(lambda target: ks.schedules(target.args))
+@prop(lambda target: ks.schedules(target.args), SCHEDULE_EXAMPLES)
 def illegal_calls(target: Target, case: ks.Schedule) -> None:
     """``step`` past the end and ``set_begin_index`` out of range raise ``ValueError``."""
     impl = target.create(case.config)
@@ -452,7 +477,7 @@ def illegal_calls(target: Target, case: ks.Schedule) -> None:
     raise AssertionError(f"step past the end (call {calls} of {calls}) must raise ValueError [{text}]")
 
 
-@prop(lambda target: ks.schedules(target.args))
+@prop(lambda target: ks.schedules(target.args), SCHEDULE_EXAMPLES)
 def save_reload(target: Target, case: ks.Schedule) -> None:
     """``save_config`` then ``from_pretrained`` gives the same config and tables."""
     impl = target.create(case.config)
@@ -544,9 +569,13 @@ def _first_line(error: BaseException) -> str:
     return " ".join(text.split())[:600]
 
 
-def check_one(target: Target, name: str, profile: str | None = None) -> Result:
-    """Run one property under the Hypothesis ``profile`` (the loaded one if ``None``)."""
-    from hypothesis import given, settings
+def check_one(target: Target, name: str, profile: str | None = None, shrink: bool = True) -> Result:
+    """Run one property under the Hypothesis ``profile`` (the loaded one if ``None``).
+
+    Pinned examples whose configuration the class does not accept are skipped; ``shrink=False``
+    reports the first failing case as found (diffusers' constructor makes shrinking slow).
+    """
+    from hypothesis import Phase, example, given, settings
 
     prop_ = PROPERTIES[name]
     failing: list[Any] = []
@@ -562,7 +591,12 @@ def check_one(target: Target, name: str, profile: str | None = None) -> Result:
             raise
 
     chosen = settings() if profile is None else settings.get_profile(profile)
-    wrapped = settings(chosen, database=None)(given(prop_.strategy(target))(test))
+    phases = chosen.phases if shrink else tuple(p for p in chosen.phases if p is not Phase.shrink)
+    runner = given(prop_.strategy(target))(test)
+    for pinned in reversed(prop_.examples):
+        if set(getattr(pinned, "config", {})) <= target.args:
+            runner = example(pinned)(runner)
+    wrapped = settings(chosen, database=None, phases=phases)(runner)
     try:
         wrapped()
     except Exception as error:
@@ -584,6 +618,7 @@ def run(
     profile: str | None = None,
     only: list[str] | None = None,
     echo: Callable[[str], None] | None = None,
+    shrink: bool = True,
 ) -> Report:
     """Check every property (or ``only`` these) against a scheduler class or adapter.
 
@@ -596,7 +631,7 @@ def run(
     report = Report(target.name)
     for prop_name in only or list(PROPERTIES):
         try:
-            result = check_one(target, prop_name, profile)
+            result = check_one(target, prop_name, profile, shrink)
         except Exception as error:  # the harness itself must not crash on a broken class
             result = Result(prop_name, "fail", "", f"harness error: {_first_line(error)}", None, traceback.format_exc(limit=1))
         report.results.append(result)
