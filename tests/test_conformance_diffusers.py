@@ -63,7 +63,9 @@ def test_same_as_diffusers(case: ks.Loop) -> None:
         theirs.set_begin_index(start)
         t = theirs.timesteps[start : start + 1]
         x = theirs.add_noise(torch.from_numpy(x0), torch.from_numpy(eps), t)
-        close("add_noise", ours.add_noise(torch.from_numpy(x0), torch.from_numpy(eps), t), x, float(x.abs().max()), call)
+        close(
+            "add_noise", ours.add_noise(torch.from_numpy(x0), torch.from_numpy(eps), t), x, float(x.abs().max()), call
+        )
     x_ours, scale = x.clone(), float(x.abs().max())
     prediction = case.config.get("prediction_type", "epsilon")
     for k in range(start, len(theirs.timesteps)):
@@ -77,7 +79,9 @@ def test_same_as_diffusers(case: ks.Loop) -> None:
         want = theirs.step(torch.from_numpy(out), t_theirs, x)
         got = ours.step(torch.from_numpy(out), t_ours, x_ours)
         close(f"step at call {k}: prev_sample", got.prev_sample, want.prev_sample, scale, call)
-        close(f"step at call {k}: pred_original_sample", got.pred_original_sample, want.pred_original_sample, scale, call)
+        close(
+            f"step at call {k}: pred_original_sample", got.pred_original_sample, want.pred_original_sample, scale, call
+        )
         x, x_ours = want.prev_sample, got.prev_sample
     note(f"final: {x.tolist()}")
 

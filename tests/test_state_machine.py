@@ -6,7 +6,6 @@ import tempfile
 
 import numpy as np
 import pytest
-import torch
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, precondition, rule
 
@@ -81,7 +80,9 @@ class SchedulerMachine(RuleBasedStateMachine):
         got = self.impl.scale_model_input(self.x_impl, self.impl.timesteps[k])
         _close(self.where(), "scale_model_input", want, ADAPTER.array(got), RTOL, float(np.abs(self.x).max()))
 
-    @precondition(lambda self: not self.finished and (self.ref.step_index is not None or self.ref.begin_index is not None))
+    @precondition(
+        lambda self: not self.finished and (self.ref.step_index is not None or self.ref.begin_index is not None)
+    )
     @rule(strength=ks.model_strengths)
     def step(self, strength: float) -> None:
         k = self.next_call()
@@ -133,7 +134,9 @@ class SchedulerMachine(RuleBasedStateMachine):
 
     @invariant()
     def same_state(self) -> None:
-        assert self.impl.step_index == self.ref.step_index, f"step_index {self.impl.step_index} != {self.ref.step_index} [{self.where()}]"
+        assert self.impl.step_index == self.ref.step_index, (
+            f"step_index {self.impl.step_index} != {self.ref.step_index} [{self.where()}]"
+        )
         assert self.impl.begin_index == self.ref.begin_index, f"begin_index [{self.where()}]"
         assert self.impl.state_in_first_order == self.ref.state_in_first_order, f"state_in_first_order [{self.where()}]"
         _close(self.where(), "timesteps", self.ref.timesteps, ADAPTER.array(self.impl.timesteps), 1e-6)

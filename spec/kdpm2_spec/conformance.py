@@ -27,7 +27,7 @@ import numpy as np
 
 from kdpm2_spec import invariants
 from kdpm2_spec import strategies as ks
-from kdpm2_spec.adapter import Adapter, NumpyAdapter, TorchAdapter
+from kdpm2_spec.adapter import NumpyAdapter, TorchAdapter
 from kdpm2_spec.reference import Reference, model_output_for
 
 EXACT_RTOL = 1e-12
@@ -202,7 +202,9 @@ def run_loop(
                 impl.step(adapter.tensor(np.zeros(shape)), impl.timesteps[k], x_impl)
             except (ValueError, LookupError):
                 return
-            raise AssertionError(f"call {k}: step past the end (step_index={ref.step_index}) must raise ValueError [{text}]")
+            raise AssertionError(
+                f"call {k}: step past the end (step_index={ref.step_index}) must raise ValueError [{text}]"
+            )
         where = f"call {k} of {text}" + (f"; set_begin_index({start})" if begin is not None else "")
         t_ref, t_impl = ref.timesteps[k], impl.timesteps[k]
         first_order = ref.state_in_first_order
@@ -225,14 +227,23 @@ def run_loop(
                 impl.step(adapter.tensor(out), t_impl, x_impl, **noise.step_kwargs(drawn) if noise else {})
             except (ValueError, LookupError):
                 return
-            raise AssertionError(f"step(model_output, timesteps[{k}], sample) must raise ValueError ({error}) [{where}]") from None
+            raise AssertionError(
+                f"step(model_output, timesteps[{k}], sample) must raise ValueError ({error}) [{where}]"
+            ) from None
         got = impl.step(adapter.tensor(out), t_impl, x_impl, **noise.step_kwargs(drawn) if noise else {})
         # rounding is relative to the operands: sigma * model_output can be 100x the result
         scale = max(scale, sigma * float(np.max(np.abs(out))), float(np.max(np.abs(drawn if drawn is not None else 0))))
         operands = scale
         call = f"step(model_output, timesteps[{k}], sample) [{where}]"
         _close(call, "prev_sample", want.prev_sample, adapter.array(got.prev_sample), rtol, operands)
-        _close(call, "pred_original_sample", want.pred_original_sample, adapter.array(got.pred_original_sample), rtol, operands)
+        _close(
+            call,
+            "pred_original_sample",
+            want.pred_original_sample,
+            adapter.array(got.pred_original_sample),
+            rtol,
+            operands,
+        )
         x_ref, x_impl = want.prev_sample, got.prev_sample
 
 
@@ -268,7 +279,8 @@ SCHEDULE_EXAMPLES = (
 )
 """Pinned schedules: diffusers' known edge cases and the bugs this suite found."""
 
-LOOP_EXAMPLES = tuple(ks.Loop(s.config, s.steps, None, 0.1, 0, (2, 3)) for s in SCHEDULE_EXAMPLES) + (
+LOOP_EXAMPLES = (
+    *(ks.Loop(s.config, s.steps, None, 0.1, 0, (2, 3)) for s in SCHEDULE_EXAMPLES),
     ks.Loop({"beta_schedule": "squaredcos_cap_v2", "discard_penultimate_sigma": True}, 1, None, 0.0, 0, (2, 3)),
     ks.Loop({"use_exponential_sigmas": True, "sigma_max": 20.0}, 7, None, 0.0, 0, (2, 3)),  # repeated first timestep
     ks.Loop({"use_karras_sigmas": True}, 50, 10, 0.1, 0, (2, 3)),  # image to image
@@ -358,13 +370,33 @@ def tables_match_reference(target: Target, case: ks.Schedule) -> None:
 @prop(lambda target: ks.loops(target.args), LOOP_EXAMPLES)
 def sampling_loop(target: Target, case: ks.Loop) -> None:
     """Whole sampling loops (from noise or image to image) equal the reference's, to float32 table precision."""
-    run_loop(target, target.adapter, case.config, _steps(case.steps), case.begin, case.model, case.seed, case.shape, LOOP_RTOL)
+    run_loop(
+        target,
+        target.adapter,
+        case.config,
+        _steps(case.steps),
+        case.begin,
+        case.model,
+        case.seed,
+        case.shape,
+        LOOP_RTOL,
+    )
 
 
 @prop(lambda target: ks.loops(target.args), LOOP_EXAMPLES)
 def sampling_loop_exact(target: Target, case: ks.Loop) -> None:
     """Whole float64 sampling loops equal the reference's to 1e-12 relative (rounding only)."""
-    run_loop(target, target.adapter, case.config, _steps(case.steps), case.begin, case.model, case.seed, case.shape, EXACT_RTOL)
+    run_loop(
+        target,
+        target.adapter,
+        case.config,
+        _steps(case.steps),
+        case.begin,
+        case.model,
+        case.seed,
+        case.shape,
+        EXACT_RTOL,
+    )
 
 
 def _needs_arg(target: Target, *names: str) -> None:
@@ -376,7 +408,17 @@ def _needs_arg(target: Target, *names: str) -> None:
 @prop(lambda target: ks.loops(target.args, prediction=ks.st.just("sample"), churn=False))
 def prediction_sample(target: Target, case: ks.Loop) -> None:
     """``prediction_type="sample"`` (the model predicts x0) samples as the reference."""
-    run_loop(target, target.adapter, case.config, _steps(case.steps), case.begin, case.model, case.seed, case.shape, LOOP_RTOL)
+    run_loop(
+        target,
+        target.adapter,
+        case.config,
+        _steps(case.steps),
+        case.begin,
+        case.model,
+        case.seed,
+        case.shape,
+        LOOP_RTOL,
+    )
 
 
 @prop(lambda target: ks.customs(target.args, "sigmas"))
@@ -384,7 +426,9 @@ def custom_sigmas(target: Target, case: ks.Custom) -> None:
     """``set_timesteps(sigmas=...)`` (final value included, 0 or not) samples as the reference."""
     if "sigmas" not in target.set_timesteps_args:
         raise Unsupported("set_timesteps has no sigmas argument")
-    run_loop(target, target.adapter, case.config, {"sigmas": case.values}, None, case.model, case.seed, (2, 3), EXACT_RTOL)
+    run_loop(
+        target, target.adapter, case.config, {"sigmas": case.values}, None, case.model, case.seed, (2, 3), EXACT_RTOL
+    )
 
 
 @prop(lambda target: ks.customs(target.args, "timesteps"))
@@ -392,7 +436,9 @@ def custom_timesteps(target: Target, case: ks.Custom) -> None:
     """``set_timesteps(timesteps=...)`` (training sigma at each, then 0) samples as the reference."""
     if "timesteps" not in target.set_timesteps_args:
         raise Unsupported("set_timesteps has no timesteps argument")
-    run_loop(target, target.adapter, case.config, {"timesteps": case.values}, None, case.model, case.seed, (2, 3), EXACT_RTOL)
+    run_loop(
+        target, target.adapter, case.config, {"timesteps": case.values}, None, case.model, case.seed, (2, 3), EXACT_RTOL
+    )
 
 
 @prop(lambda target: ks.churn_settings())
@@ -415,7 +461,9 @@ def _with_dtype(target: Target, dtype: str) -> Any:
 def float32_loop(target: Target, case: ks.Loop) -> None:
     """float32 sampling loops stay within 1e-5 (relative to the largest value) of the float64 reference."""
     adapter = _with_dtype(target, "float32")
-    run_loop(target, adapter, case.config, _steps(case.steps), case.begin, case.model, case.seed, case.shape, FLOAT32_RTOL)
+    run_loop(
+        target, adapter, case.config, _steps(case.steps), case.begin, case.model, case.seed, case.shape, FLOAT32_RTOL
+    )
 
 
 @prop(lambda target: ks.low_precision_steps(target.args))
@@ -489,11 +537,19 @@ def save_reload(target: Target, case: ks.Schedule) -> None:
         again = type(impl).from_pretrained(directory)
     for key in case.config:
         want, got = impl.config[key], again.config[key]
-        assert np.array_equal(np.asarray(want), np.asarray(got)), f"config[{key!r}]={got!r} after reload, but should be {want!r} [{text}]"
+        assert np.array_equal(np.asarray(want), np.asarray(got)), (
+            f"config[{key!r}]={got!r} after reload, but should be {want!r} [{text}]"
+        )
     impl.set_timesteps(case.steps)
     again.set_timesteps(case.steps)
     for name in ("timesteps", "sigmas", "sigmas_interpol"):
-        _close(f"{text} saved and reloaded, set_timesteps({case.steps})", name, target.adapter.array(getattr(impl, name)), target.adapter.array(getattr(again, name)), 0.0)
+        _close(
+            f"{text} saved and reloaded, set_timesteps({case.steps})",
+            name,
+            target.adapter.array(getattr(impl, name)),
+            target.adapter.array(getattr(again, name)),
+            0.0,
+        )
 
 
 @prop(lambda target: ks.st.just(None))
@@ -601,7 +657,7 @@ def check_one(target: Target, name: str, profile: str | None = None, shrink: boo
         wrapped()
     except Exception as error:
         case = failing[-1] if failing else None
-        reproducer = f"python -m kdpm2_spec check {target.name} --only {name} --case {repr(repr(case))}"
+        reproducer = f"python -m kdpm2_spec check {target.name} --only {name} --case {repr(case)!r}"
         return Result(name, "fail", prop_.doc, _first_line(error), case, reproducer)
     if unsupported:
         return Result(name, "unsupported", prop_.doc, unsupported[0])
@@ -633,7 +689,9 @@ def run(
         try:
             result = check_one(target, prop_name, profile, shrink)
         except Exception as error:  # the harness itself must not crash on a broken class
-            result = Result(prop_name, "fail", "", f"harness error: {_first_line(error)}", None, traceback.format_exc(limit=1))
+            result = Result(
+                prop_name, "fail", "", f"harness error: {_first_line(error)}", None, traceback.format_exc(limit=1)
+            )
         report.results.append(result)
         if echo is not None:
             echo(result.line())

@@ -181,7 +181,9 @@ def check_exact_denoiser(
             scale = 1 + np.abs(target) + sigmas[begin_index] * np.abs(noise)  # rounding is relative to operands
             assert np.all(np.abs(x - target) <= rtol * scale), f"after call {k}: {x} != x0 + sigma * noise {target}"
     final = np.abs(adapter.array(sample) - x0 - sigmas[-1] * noise)
-    assert np.all(final <= rtol * (1 + np.abs(x0) + sigmas[begin_index] * np.abs(noise))), f"final sample off by {final}"
+    assert np.all(final <= rtol * (1 + np.abs(x0) + sigmas[begin_index] * np.abs(noise))), (
+        f"final sample off by {final}"
+    )
 
 
 def gaussian_error(sched: Any, adapter: Adapter, data: Gaussian, x_start: np.ndarray) -> float:

@@ -35,7 +35,7 @@ PROFILE_ENV = "HYPOTHESIS_PROFILE"
 
 def register_profiles(load: bool = True) -> str:
     """Register the ``ci``/``dev``/``thorough`` profiles and load the one ``$HYPOTHESIS_PROFILE`` names."""
-    common = {
+    common: dict[str, Any] = {
         "deadline": None,
         "print_blob": True,
         "suppress_health_check": [HealthCheck.too_slow, HealthCheck.data_too_large, HealthCheck.filter_too_much],
@@ -103,7 +103,7 @@ step_counts = st.integers(1, 60)
 """Inference step counts (capped: every step count above is the same code, only slower)."""
 
 
-class linear_betas(list):  # noqa: N801 - named as the call its repr shows
+class linear_betas(list):
     """``n`` betas on a line from ``start`` to ``end``: a plain list whose repr is the call that made it.
 
     Used as ``trained_betas`` so that a failing case stays short enough to paste.
@@ -335,4 +335,3 @@ def low_precision_steps(draw: Any, supported: Collection[str] = DIFFUSERS_ARGS) 
 def kwargs(**strategies: st.SearchStrategy[Any]) -> st.SearchStrategy[dict[str, Any]]:
     """Keyword arguments from ``strategies``, each left out about half the time."""
     return st.fixed_dictionaries({}, optional=strategies)
-
