@@ -43,6 +43,7 @@ def close(what: str, got: torch.Tensor, want: torch.Tensor, scale: float, call: 
 @example(ks.Loop({}, 1, None, 0.0, 0, (2, 3)))
 @example(ks.Loop({"beta_schedule": "squaredcos_cap_v2"}, 25, None, 0.1, 0, (2, 3)))
 @example(ks.Loop({"prediction_type": "v_prediction", "use_exponential_sigmas": True}, 30, 3, 0.5, 1, (2, 3)))
+@example(ks.Loop({"trained_betas": ks.linear_betas(0.000667, 0.02469, 1000)}, 2, None, 0.0, 0, (2, 3)))  # sigma_max 400
 @given(ks.loops(ks.DIFFUSERS_ARGS))
 def test_same_as_diffusers(case: ks.Loop) -> None:
     ours, theirs = pair(case.config, case.steps)
@@ -51,7 +52,7 @@ def test_same_as_diffusers(case: ks.Loop) -> None:
     close("timesteps", ours.timesteps, theirs.timesteps, 999.0, call)
     close("sigmas", ours.sigmas, theirs.sigmas, float(theirs.sigmas.max()), call)
     close("sigmas_interpol[1:]", ours.sigmas_interpol[1:], theirs.sigmas_interpol[1:], float(theirs.sigmas.max()), call)
-    close("init_noise_sigma", ours.init_noise_sigma, theirs.init_noise_sigma, 1.0, call)
+    close("init_noise_sigma", ours.init_noise_sigma, theirs.init_noise_sigma, float(theirs.init_noise_sigma), call)
     rng = np.random.default_rng(case.seed)
     x0, eps = rng.standard_normal(case.shape), rng.standard_normal(case.shape)
     if case.begin is None:
