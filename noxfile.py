@@ -67,3 +67,10 @@ def demo(session: nox.Session) -> None:
     """Run the demo: sample a closed-form Gaussian problem and print the error."""
     session.install(*TORCH, ".")
     session.run("python", "-m", "kdpm2", "demo", *session.posargs)
+
+
+@nox.session(default=False)
+def mutation(session: nox.Session) -> None:
+    """Mutation-test src/kdpm2 with mutmut (posargs: mutmut arguments, default ``run``)."""
+    session.install(*TORCH, ".", *group("test"), "mutmut>=3")
+    session.run("mutmut", *(session.posargs or ["run"]), env={"HYPOTHESIS_PROFILE": "ci"})

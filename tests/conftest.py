@@ -1,32 +1,16 @@
 """Test-wide settings: Hypothesis profiles and the ``cuda`` marker.
 
-Profiles (chosen by ``HYPOTHESIS_PROFILE``, default ``ci``; ``--hypothesis-profile`` overrides):
-
-- ``ci``: 25 examples, derandomized so that every CI run draws the same cases;
-- ``dev``: 10 examples, for a quick local loop;
-- ``thorough``: 500 examples, for a hunt before a release.
+Profiles ``ci`` (default), ``dev`` and ``thorough`` live in ``kdpm2_spec.strategies`` and are
+chosen by ``HYPOTHESIS_PROFILE``; ``--hypothesis-profile`` overrides.
 """
 
 from __future__ import annotations
 
-import os
-
 import pytest
-from hypothesis import HealthCheck, settings
 
-settings.register_profile(
-    "ci",
-    max_examples=25,
-    deadline=None,
-    derandomize=True,
-    print_blob=True,
-    suppress_health_check=[HealthCheck.too_slow],
-)
-settings.register_profile("dev", max_examples=10, deadline=None, print_blob=True)
-settings.register_profile(
-    "thorough", max_examples=500, deadline=None, print_blob=True, suppress_health_check=[HealthCheck.too_slow]
-)
-settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
+from kdpm2_spec.strategies import register_profiles
+
+register_profiles()  # the one place the profiles are defined
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:

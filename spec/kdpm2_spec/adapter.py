@@ -7,6 +7,7 @@ imports torch only when it is created, so that the spec itself never needs torch
 
 from __future__ import annotations
 
+import copy
 import importlib
 from typing import Any, Protocol
 
@@ -26,6 +27,42 @@ class Adapter(Protocol):
         """A float64 NumPy copy of a native array (or scalar)."""
 
 
+class NoiseSource:
+    """The churn noise of one loop: what ``step`` is given, and the same draws for the reference.
+
+    A NumPy scheduler takes each draw as ``step(..., noise=...)``. A torch scheduler draws from the
+    ``generator`` given to ``step`` (at the end of each full step, for the next one); ``draw``
+    takes the same values from a twin generator seeded alike.
+    """
+
+    def __init__(self, seed: int, torch: Any = None, dtype: Any = None) -> None:
+        self.torch, self.dtype = torch, dtype
+        if torch is None:
+            self.rng = np.random.default_rng(seed)
+        else:
+            self.generator = torch.Generator().manual_seed(seed)
+            self.twin = torch.Generator().manual_seed(seed)
+
+    def draw(self, shape: tuple[int, ...]) -> np.ndarray:
+        """The next standard normal draw (the caller's first one included)."""
+        if self.torch is None:
+            return self.rng.standard_normal(shape)
+        self.torch.randn(shape, generator=self.generator, dtype=self.dtype)  # keep both streams in step
+        return self.torch.randn(shape, generator=self.twin, dtype=self.dtype).numpy().astype(np.float64)
+
+    def step_draw(self, shape: tuple[int, ...]) -> np.ndarray:
+        """The draw ``step`` makes next (a torch scheduler draws it itself; here it comes from the twin)."""
+        if self.torch is None:
+            return self.rng.standard_normal(shape)
+        return self.torch.randn(shape, generator=self.twin, dtype=self.dtype).numpy().astype(np.float64)
+
+    def step_kwargs(self, noise: np.ndarray | None) -> dict[str, Any]:
+        """Extra ``step`` arguments: the generator (torch) or the drawn ``noise`` (NumPy)."""
+        if self.torch is None:
+            return {} if noise is None else {"noise": noise}
+        return {"generator": self.generator}
+
+
 class NumpyAdapter:
     """Adapter for schedulers that work on NumPy arrays, such as :class:`Reference`."""
 
@@ -33,6 +70,7 @@ class NumpyAdapter:
         from kdpm2_spec.reference import Reference
 
         self.cls = Reference if cls is None else cls
+        self.dtype_name = "float64"
 
     def create(self, **config: Any) -> Any:
         return self.cls(**config)
@@ -43,6 +81,10 @@ class NumpyAdapter:
     def array(self, value: Any) -> np.ndarray:
         return np.array(value, dtype=np.float64)
 
+    def noise(self, seed: int) -> NoiseSource:
+        """Churn noise passed explicitly to ``step(..., noise=...)``."""
+        return NoiseSource(seed)
+
 
 class TorchAdapter:
     """Adapter for diffusers-style torch schedulers; tensors live on ``device`` in ``dtype``."""
@@ -50,9 +92,25 @@ class TorchAdapter:
     def __init__(self, cls: Any, device: str = "cpu", dtype: str = "float64") -> None:
         self.torch = importlib.import_module("torch")
         self.cls, self.device, self.dtype = cls, device, getattr(self.torch, dtype)
+        self.dtype_name = dtype
+        self._built: dict[str, Any] = {}
+
+    def with_dtype(self, dtype: str) -> TorchAdapter:
+        """The same adapter with tensors in ``dtype`` (``float32``, ``float16``, ``bfloat16``...)."""
+        return TorchAdapter(self.cls, self.device, dtype)
+
+    def noise(self, seed: int) -> NoiseSource:
+        """Churn noise drawn by the scheduler from a ``torch.Generator`` seeded with ``seed``."""
+        return NoiseSource(seed, self.torch, self.dtype)
 
     def create(self, **config: Any) -> Any:
-        return self.cls(**config)
+        """A new scheduler: a copy of a cached one built alike (diffusers' constructor takes 0.1 s)."""
+        key = repr(sorted(config.items()))
+        if key not in self._built:
+            if len(self._built) > 64:
+                self._built.clear()
+            self._built[key] = self.cls(**config)
+        return copy.deepcopy(self._built[key])
 
     def tensor(self, array: np.ndarray) -> Any:
         return self.torch.as_tensor(np.asarray(array), dtype=self.dtype, device=self.device)
@@ -60,4 +118,6 @@ class TorchAdapter:
     def array(self, value: Any) -> np.ndarray:
         if isinstance(value, self.torch.Tensor):
             value = value.detach().to("cpu", self.torch.float64).numpy()
+        elif isinstance(value, (list, tuple)) and value and isinstance(value[0], self.torch.Tensor):
+            value = [float(v) for v in value]
         return np.array(value, dtype=np.float64)

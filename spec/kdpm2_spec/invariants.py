@@ -22,6 +22,15 @@ RTOL = 1e-9
 """Relative tolerance of the float64 relations below (rounding, not approximation)."""
 
 
+FLOAT32_RTOL = 1e-6
+"""Relative tolerance of the same relations on float32 tables (diffusers' public ``sigmas``)."""
+
+
+def table_rtol(sched: Any) -> float:
+    """:data:`RTOL`, or :data:`FLOAT32_RTOL` when the scheduler keeps its public tables in float32."""
+    return FLOAT32_RTOL if str(getattr(sched.sigmas, "dtype", "float64")).endswith("float32") else RTOL
+
+
 def _tables(sched: Any, adapter: Adapter) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     return adapter.array(sched.sigmas), adapter.array(sched.sigmas_interpol), adapter.array(sched.timesteps)
 
@@ -41,6 +50,13 @@ def _start_at_first_call(sched: Any, adapter: Adapter) -> None:
     values = adapter.array(sched.timesteps)
     if np.count_nonzero(values == values[0]) > 1:
         sched.set_begin_index(0)
+
+
+def check_tables_finite(sched: Any, adapter: Adapter = NUMPY) -> None:
+    """``sigmas``, ``sigmas_interpol`` and ``timesteps`` hold no NaN or infinity (not even unread entries)."""
+    for name, table in zip(("sigmas", "sigmas_interpol", "timesteps"), _tables(sched, adapter), strict=True):
+        bad = np.flatnonzero(~np.isfinite(table))
+        assert len(bad) == 0, f"{name}[{bad[0] if len(bad) else 0}]={table[bad[:1]]} is not finite"
 
 
 def check_sigmas_decreasing(sched: Any, adapter: Adapter = NUMPY) -> None:
@@ -88,7 +104,8 @@ def check_midpoints_geometric(sched: Any, adapter: Adapter = NUMPY) -> None:
     start, end = sigmas[0 : 2 * n : 2], sigmas[1 : 2 * n : 2]
     expected = np.sqrt(start * end)
     got = interpol[1 : 2 * n : 2]
-    assert np.allclose(got, expected, rtol=RTOL, atol=0), f"midpoints {got} != sqrt(s_i * s_(i+1)) {expected}"
+    rtol = table_rtol(sched)
+    assert np.allclose(got, expected, rtol=rtol, atol=0), f"midpoints {got} != sqrt(s_i * s_(i+1)) {expected}"
 
 
 def check_index_for_timestep(sched: Any, adapter: Adapter = NUMPY) -> None:
@@ -142,13 +159,19 @@ def check_step_alternates(sched: Any, adapter: Adapter = NUMPY, shape: tuple[int
 
 
 def check_exact_denoiser(
-    sched: Any, adapter: Adapter = NUMPY, begin_index: int = 0, prediction_type: str = "epsilon", rtol: float = 1e-9
+    sched: Any,
+    adapter: Adapter = NUMPY,
+    begin_index: int = 0,
+    prediction_type: str = "epsilon",
+    rtol: float | None = None,
 ) -> None:
     """With the exact denoiser of one point ``x0``, sampling from ``add_noise(x0, noise, t_k)`` lands
     on ``x0 + s_(i+1) * noise`` after every full step and on ``x0`` after the last.
 
     This ties ``add_noise``, the tables, every prediction type and both orders of ``step``.
+    ``rtol`` defaults to :func:`table_rtol` (the sigmas read back are the public tables).
     """
+    rtol = table_rtol(sched) if rtol is None else rtol
     sigmas, interpol, values = _tables(sched, adapter)
     rng = np.random.default_rng(1)
     x0, noise = rng.standard_normal((2, 3)), rng.standard_normal((2, 3))
@@ -169,12 +192,12 @@ def check_exact_denoiser(
         if not first or interpol[k + 1] == 0:
             x = adapter.array(sample)
             target = x0 + sigmas[k + 1 if first else k] * noise
-            # The step cancels terms of the size of its start sample x0 + s_i * noise (s_i is 2e4 for
-            # squaredcos_cap_v2), so rounding is relative to that, not to the smaller target.
-            start = sigmas[k if first else k - 1]
-            scale = 1 + np.abs(target) + start * np.abs(noise)
+            scale = 1 + np.abs(target) + sigmas[begin_index] * np.abs(noise)  # rounding is relative to operands
             assert np.all(np.abs(x - target) <= rtol * scale), f"after call {k}: {x} != x0 + sigma * noise {target}"
-    assert np.all(np.abs(adapter.array(sample) - x0 - sigmas[-1] * noise) <= rtol * scale)
+    final = np.abs(adapter.array(sample) - x0 - sigmas[-1] * noise)
+    assert np.all(final <= rtol * (1 + np.abs(x0) + sigmas[begin_index] * np.abs(noise))), (
+        f"final sample off by {final}"
+    )
 
 
 def gaussian_error(sched: Any, adapter: Adapter, data: Gaussian, x_start: np.ndarray) -> float:

@@ -220,7 +220,8 @@ class Reference:
 
     def set_begin_index(self, begin_index: int = 0) -> None:
         """Start the next loop at call ``begin_index`` instead of looking the timestep up."""
-        assert 0 <= begin_index < len(self.timesteps), begin_index
+        if not 0 <= begin_index < len(self.timesteps):
+            raise ValueError(f"begin_index must be in [0, {len(self.timesteps) - 1}], got {begin_index}")
         self._begin_index = begin_index
 
     @property
@@ -266,7 +267,9 @@ class Reference:
         assert model_output.shape == sample.shape
         self._init_step_index(timestep)
         k = self._step_index
-        assert k is not None and k < len(self.timesteps), "step past the end of the schedule"
+        assert k is not None
+        if k >= len(self.timesteps):
+            raise ValueError(f"step past the end of the schedule: all {len(self.timesteps)} calls have run")
         prediction = self.config["prediction_type"]
         if self.state_in_first_order:
             sigma, sigma_mid = self.sigmas[k], self.sigmas_interpol[k + 1]

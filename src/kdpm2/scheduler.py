@@ -272,7 +272,7 @@ class KDPM2DiscreteScheduler(ConfigMixin):
 
     def set_begin_index(self, begin_index: int = 0) -> None:
         """Start the loop at call ``begin_index`` (pipelines: ``t_start * order``) instead of a lookup."""
-        self._begin_index = validation.integer("begin_index", begin_index, 0, len(self._host_sigmas) - 3)
+        self._begin_index = validation.integer("begin_index", begin_index, 0, self._num_calls - 1)
 
     @property
     def compatibles(self) -> list[Any]:

@@ -1,0 +1,114 @@
+"""The conformance suite run against the reference, our scheduler and diffusers' (which must fail exactly its known deviations)."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from kdpm2_spec import conformance
+from kdpm2_spec import strategies as ks
+from kdpm2_spec.reference import Reference
+
+ROOT = Path(__file__).resolve().parents[1]
+
+DIFFUSERS_FAILURES = {
+    "tables_finite": "sigmas_interpol[0] is NaN (log 0 in the midpoint lerp; diffusers #14368)",
+    "timesteps_range": "Karras main timesteps are rounded, midpoints not: from ~48 steps they repeat and rise "
+    "(#5746); trailing spacing yields a -1 timestep for some n (61 of 1000)",
+    "tables_match_reference": "same three: NaN sigmas_interpol[0], rounded Karras timesteps, n + 1 trailing timesteps",
+    "sampling_loop": "trailing spacing with n = 61 gives 123 calls instead of 121 (np.arange(T, 0, -T / n) overshoots)",
+    "sampling_loop_exact": "float32 sigma tables: a float64 loop is 1e-9 relative off the float64 spec",
+    "prediction_sample": "prediction_type='sample' raises NotImplementedError in step",
+    "float32_loop": "the n + 1 trailing timesteps again (the float32 arithmetic itself is within 1e-5)",
+    "low_precision_step": "float16/bfloat16 step computed in the tensor dtype, several roundings (x - (x - s eps)) / s",
+    "illegal_calls": "set_begin_index accepts any value; out-of-range indices fail later or never",
+}
+"""diffusers 0.42.1 fails exactly these properties, for these reasons."""
+
+DIFFUSERS_UNSUPPORTED = {
+    "custom_sigmas": "set_timesteps has no sigmas argument",
+    "custom_timesteps": "set_timesteps has no timesteps argument",
+    "churn": "no s_churn/s_tmin/s_tmax/s_noise (only gamma = 0)",
+    "convergence_order": "needs set_timesteps(sigmas=...)",
+}
+"""Properties diffusers cannot be asked (reported ``unsupported``, not failed)."""
+
+
+def test_reference_conforms_to_itself() -> None:
+    report = conformance.run(Reference)
+    assert report.ok, str(report)
+    assert set(report.unsupported) == {"float32_loop", "low_precision_step", "save_reload"}, str(report)
+
+
+def test_ours_conforms() -> None:
+    from kdpm2 import KDPM2DiscreteScheduler
+
+    report = conformance.run(KDPM2DiscreteScheduler)
+    assert report.ok and not report.unsupported, str(report)
+    assert report.summary() == f"{len(conformance.PROPERTIES)} passed, 0 failed"
+
+
+def test_diffusers_fails_exactly_its_known_deviations() -> None:
+    diffusers = pytest.importorskip("diffusers")
+    report = conformance.run(diffusers.KDPM2DiscreteScheduler, shrink=False)
+    assert set(report.failed) == set(DIFFUSERS_FAILURES), str(report)
+    assert set(report.unsupported) == set(DIFFUSERS_UNSUPPORTED), str(report)
+    assert "NotImplementedError" in report["prediction_sample"].message
+    assert "sigmas_interpol[0]" in report["tables_finite"].message
+    assert "python -m kdpm2_spec check" in report["illegal_calls"].reproducer
+
+
+def _cli(*args: str) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT / "src"), str(ROOT / "spec")])}
+    return subprocess.run(
+        [sys.executable, "-W", "ignore", "-m", "kdpm2_spec", "check", *args],
+        capture_output=True,
+        text=True,
+        env=env,
+        check=False,
+        timeout=300,
+    )
+
+
+def test_cli_passes_ours_and_prints_the_summary_line() -> None:
+    done = _cli("kdpm2:KDPM2DiscreteScheduler", "--only", "tables_finite", "--only", "illegal_calls")
+    assert done.returncode == 0, done.stdout + done.stderr
+    lines = done.stdout.strip().splitlines()
+    assert lines[-1] == "2 passed, 0 failed"
+    assert [line.split()[0] for line in lines[:-1]] == ["PASS", "PASS"]
+
+
+def test_cli_fails_diffusers_with_a_reproducer_that_reproduces() -> None:
+    pytest.importorskip("diffusers")
+    done = _cli("diffusers:KDPM2DiscreteScheduler", "--only", "illegal_calls", "--no-shrink")
+    assert done.returncode == 1
+    line, summary = done.stdout.strip().splitlines()
+    assert summary == "0 passed, 1 failed"
+    assert line.startswith("FAIL illegal_calls: set_begin_index(")
+    command = line.split("reproduce: ")[1]
+    case = command.split("--case ")[1].strip("'\"")
+    again = _cli("diffusers:KDPM2DiscreteScheduler", "--only", "illegal_calls", "--case", case)
+    assert again.returncode != 0 and "must raise ValueError" in again.stderr
+
+
+def test_spec_never_imports_torch_statically() -> None:
+    for path in (ROOT / "spec" / "kdpm2_spec").glob("*.py"):
+        text = path.read_text()
+        assert "import torch" not in text and "from torch" not in text, path.name
+
+
+def test_configs_respect_the_constructor_signature() -> None:
+    diffusers = pytest.importorskip("diffusers")
+    args = ks.supported_args(diffusers.KDPM2DiscreteScheduler)
+    assert args == set(ks.DIFFUSERS_ARGS)
+    from hypothesis import given
+
+    @given(ks.configs(args))
+    def only_supported(config: dict) -> None:
+        assert set(config) <= args
+
+    only_supported()
