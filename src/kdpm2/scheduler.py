@@ -14,7 +14,7 @@ from typing import Any, ClassVar
 import numpy as np
 import torch
 
-from kdpm2 import functional, tables, validation
+from kdpm2 import functional, lookup, tables, validation
 from kdpm2.configuration import ConfigMixin
 
 KARRAS_COMPATIBLES = (
@@ -235,7 +235,7 @@ class KDPM2DiscreteScheduler(ConfigMixin):
         self.timesteps = _to_device(built.timesteps, device, time_dtype)
         host_t = built.timesteps.to(time_dtype)
         self._index_values = host_t.tolist()
-        self._index_of = _first_or_second_index(self._index_values)
+        self._index_of = lookup.first_or_second_index(self._index_values)
         self._time_dtype = time_dtype
         self.sigmas = built.sigmas.to(torch.float32)
         self.sigmas_interpol = _to_device(built.sigmas_interpol, device, torch.float32)
@@ -291,30 +291,12 @@ class KDPM2DiscreteScheduler(ConfigMixin):
         """
         if schedule_timesteps is not None:
             table = schedule_timesteps.detach().to("cpu").tolist()
-            return _lookup(_first_or_second_index(table), _as_float(timestep, schedule_timesteps.dtype), timestep)
-        position = self._view_position(timestep)
-        if position is not None:
-            return self._index_of[self._host_value(position)]
-        return _lookup(self._index_of, _as_float(timestep, self._time_dtype), timestep)
-
-    def _view_position(self, timestep: Any) -> int | None:
-        """Where a 0-d view of ``self.timesteps`` points, read from tensor metadata only."""
-        table = self.timesteps
-        if not isinstance(timestep, torch.Tensor) or timestep.dim() != 0 or timestep.dtype != table.dtype:
-            return None
-        if (
-            timestep.device != table.device
-            or timestep.untyped_storage().data_ptr() != table.untyped_storage().data_ptr()
-        ):
-            return None
-        offset = timestep.storage_offset() - table.storage_offset()
-        step = table.stride(0) if table.dim() else 1
-        if step <= 0 or offset % step or not 0 <= offset // step < len(table):
-            return None
-        return offset // step
-
-    def _host_value(self, position: int) -> float:
-        return self._index_values[position]
+            value = lookup.as_float(timestep, schedule_timesteps.dtype)
+            return lookup.index_of_value(lookup.first_or_second_index(table), value, timestep)
+        positions = lookup.view_positions(timestep, self.timesteps)
+        if positions is not None and len(positions) == 1:
+            return self._index_of[self._index_values[positions[0]]]
+        return lookup.index_of_value(self._index_of, lookup.as_float(timestep, self._time_dtype), timestep)
 
     def _init_step_index(self, timestep: float | torch.Tensor) -> None:
         if self._begin_index is None:
@@ -420,45 +402,17 @@ class KDPM2DiscreteScheduler(ConfigMixin):
         return original_samples + noise * sigma
 
     def _lookup_sigmas(self, timesteps: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
-        """Per-timestep sigmas with diffusers' index rule.
-
-        A 1-D view of ``self.timesteps`` is resolved on the host from its storage offset and stride
-        (no device read, no device compare); other tensors are compared on their own device.
-        """
-        positions = self._view_positions(timesteps)
+        """Per-timestep sigmas with diffusers' index rule; views of ``self.timesteps`` need no device read."""
+        positions = lookup.view_positions(timesteps, self.timesteps)
         if positions is not None:
             host = [self._host_sigmas[self._index_of[self._index_values[p]]] for p in positions]
             return _to_device(torch.tensor(host, dtype=torch.float64), like.device, like.dtype)
         table = _to_device(self.timesteps, timesteps.device, self.timesteps.dtype)
-        equal = timesteps.to(table.dtype)[:, None] == table[None, :]
-        matches = equal.sum(dim=1)
-        wanted = torch.where(matches > 1, 2, 1)
-        index = (equal & (equal.cumsum(dim=1) == wanted[:, None])).int().argmax(dim=1)
-        if not self._is_view_of_table(timesteps) and not bool((matches > 0).all()):
-            missing = timesteps[matches == 0].tolist()
+        indices, found = lookup.device_indices(timesteps, table)
+        if not bool(found.all()):  # one value check, only for timesteps not taken from the table
+            missing = timesteps[~found].tolist()
             raise ValueError(f"timesteps {missing} are not in the schedule (see scheduler.timesteps)")
-        return self._sigmas_on(like.device, like.dtype)[_to_device(index, like.device, index.dtype)]
-
-    def _view_positions(self, timesteps: torch.Tensor) -> list[int] | None:
-        """Positions in ``self.timesteps`` of a 1-D view's elements, from tensor metadata only."""
-        table = self.timesteps
-        if timesteps.dim() != 1 or table.dim() != 1 or not self._is_view_of_table(timesteps):
-            return None
-        step = table.stride(0)
-        start = timesteps.storage_offset() - table.storage_offset()
-        stride = timesteps.stride(0)
-        positions = [start + i * stride for i in range(timesteps.shape[0])]
-        if step <= 0 or any(p % step or not 0 <= p // step < len(table) for p in positions):
-            return None
-        return [p // step for p in positions]
-
-    def _is_view_of_table(self, timesteps: torch.Tensor) -> bool:
-        table = self.timesteps
-        return (
-            timesteps.device == table.device
-            and timesteps.dtype == table.dtype
-            and timesteps.untyped_storage().data_ptr() == table.untyped_storage().data_ptr()
-        )
+        return self._sigmas_on(like.device, like.dtype)[_to_device(indices, like.device, indices.dtype)]
 
     def __len__(self) -> int:
         return int(self.config.num_train_timesteps)
@@ -499,31 +453,3 @@ def _randn(like: torch.Tensor, generator: torch.Generator | None) -> torch.Tenso
     device = like.device if generator is None else generator.device
     noise = torch.randn(like.shape, generator=generator, device=device, dtype=like.dtype)
     return noise.to(like.device)
-
-
-def _first_or_second_index(values: list[float]) -> dict[float, int]:
-    """Map each timestep value to its first position, or its second when it repeats."""
-    index = dict(zip(reversed(values), range(len(values) - 1, -1, -1), strict=True))
-    if len(index) < len(values):  # repeated values: diffusers takes the second occurrence
-        for i, v in enumerate(values):
-            if index[v] != i and index[v] < i and values.index(v) == index[v]:
-                index[v] = i
-    return index
-
-
-def _as_float(timestep: Any, dtype: torch.dtype) -> float:
-    """A timestep's value rounded to the schedule's dtype, as diffusers' comparison sees it."""
-    if isinstance(timestep, torch.Tensor):
-        if timestep.numel() != 1:
-            raise ValueError(f"timestep must be a single value; got shape {tuple(timestep.shape)}")
-        timestep = timestep.detach().reshape(()).to("cpu")
-    try:
-        return float(torch.as_tensor(timestep, dtype=torch.float64).to(dtype))
-    except (TypeError, ValueError, RuntimeError) as error:
-        raise TypeError(f"timestep must be a number or a one-element tensor; got {timestep!r}") from error
-
-
-def _lookup(index_of: dict[float, int], value: float, original: Any) -> int:
-    if value not in index_of:
-        raise ValueError(f"timestep {original!r} is not in the schedule (see scheduler.timesteps)")
-    return index_of[value]
