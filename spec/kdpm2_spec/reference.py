@@ -174,6 +174,7 @@ class Reference:
             interpolation = c["sigma_interpolation"]
             main_sigmas = np.append(schedule.t_to_sigma(main_t, self.train_sigmas, interpolation), 0.0)
         else:
+            assert num_inference_steps is not None
             main_t, main_sigmas = self.main_sigmas(num_inference_steps)
             if c["quantize_timesteps"]:
                 main_t = self.sigma_to_t(main_sigmas[:-1])

@@ -121,11 +121,9 @@ def spaced_timesteps(num_inference_steps: int, num_train_timesteps: int, spacing
     if spacing == "linspace":
         return np.linspace(0, big_t - 1, n, dtype=np.float32)[::-1].astype(np.float64)
     if spacing == "leading":
-        ratio = big_t // n
-        return np.round(np.arange(n) * ratio)[::-1].astype(np.float64) + steps_offset
+        return np.round(np.arange(n) * (big_t // n))[::-1].astype(np.float64) + steps_offset
     if spacing == "trailing":
-        ratio = big_t / n
-        return np.round(big_t - np.arange(n) * ratio) - 1.0
+        return np.round(big_t - np.arange(n) * (big_t / n)) - 1.0
     raise ValueError(f"timestep_spacing must be one of {TIMESTEP_SPACINGS}, got {spacing!r}")
 
 

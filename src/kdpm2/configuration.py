@@ -25,7 +25,7 @@ DIFFUSERS_FORMAT_VERSION = "0.42.1"
 """The diffusers release whose config format and behaviour we reproduce."""
 
 
-class FrozenDict(OrderedDict):  # type: ignore[type-arg]
+class FrozenDict(OrderedDict[str, Any]):
     """An immutable ordered dict whose keys are also attributes, like diffusers' FrozenDict."""
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
@@ -89,7 +89,7 @@ class ConfigMixin:
 
     @classmethod
     def _init_parameters(cls) -> dict[str, inspect.Parameter]:
-        params = inspect.signature(cls.__init__).parameters  # type: ignore[misc]
+        params = inspect.signature(cls.__init__).parameters
         return {k: p for k, p in params.items() if k != "self" and p.kind is p.POSITIONAL_OR_KEYWORD}
 
     @classmethod

@@ -39,13 +39,13 @@ def view_positions(view: Any, table: torch.Tensor) -> list[int] | None:
         or view.untyped_storage().data_ptr() != table.untyped_storage().data_ptr()
     ):
         return None
-    step = table.stride(0)
-    start = view.storage_offset() - table.storage_offset()
-    stride = view.stride(0) if view.dim() else 0
+    step = int(table.stride(0))
+    start = int(view.storage_offset() - table.storage_offset())
+    stride = int(view.stride(0)) if view.dim() else 0
     offsets = [start + i * stride for i in range(view.numel())]
     if step <= 0 or any(p % step or not 0 <= p // step < len(table) for p in offsets):
         return None
-    return [p // step for p in offsets]
+    return [int(p // step) for p in offsets]
 
 
 def as_float(timestep: Any, dtype: torch.dtype) -> float:
