@@ -26,6 +26,8 @@ DIFFUSERS_FAILURES = {
     "float32_loop": "the n + 1 trailing timesteps again (the float32 arithmetic itself is within 1e-5)",
     "low_precision_step": "float16/bfloat16 step computed in the tensor dtype, several roundings (x - (x - s eps)) / s",
     "illegal_calls": "set_begin_index accepts any value; out-of-range indices fail later or never",
+    "exact_denoiser": "dt = sigma_next - sigma_hat is taken between float32 0-d tensors, so with squaredcos_cap_v2 "
+    "(sigma about 2e4) a float64 loop lands 1e-6 of sigma_max away from x0 + s * noise",
 }
 """diffusers 0.42.1 fails exactly these properties, for these reasons."""
 
