@@ -114,3 +114,15 @@ def test_configs_respect_the_constructor_signature() -> None:
         assert set(config) <= args
 
     only_supported()
+
+
+def test_docs_conformance_table_matches_the_suite() -> None:
+    """docs/conformance.md (generated from a real run) lists every property and diffusers' exact failures."""
+    rows = [line.split("|") for line in (ROOT / "docs" / "conformance.md").read_text().splitlines()]
+    table = {cells[1].strip().strip("`"): [c.strip() for c in cells[2:5]] for cells in rows if len(cells) == 6}
+    table.pop("property", None)
+    table = {name: marks for name, marks in table.items() if not set(name) <= set("-")}
+    assert list(table) == list(conformance.PROPERTIES), "regenerate: python docs/scripts/conformance_table.py"
+    assert {n for n, marks in table.items() if marks[2] == "**fail**"} == set(DIFFUSERS_FAILURES)
+    assert {n for n, marks in table.items() if marks[2] == "n/a"} == set(DIFFUSERS_UNSUPPORTED)
+    assert all(marks[1] == "pass" for marks in table.values()), "kdpm2 must pass every property"
