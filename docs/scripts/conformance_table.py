@@ -57,8 +57,16 @@ def kdiffusion_rows() -> dict[str, Counter[str]]:
     with tempfile.TemporaryDirectory() as tmp:
         xml = Path(tmp) / "report.xml"
         subprocess.run(
-            [sys.executable, "-m", "pytest", "tests/test_spec_vs_kdiffusion.py", "-q", "-p", "no:cacheprovider"]
-            + [f"--junitxml={xml}"],
+            [
+                sys.executable,
+                "-m",
+                "pytest",
+                "tests/test_spec_vs_kdiffusion.py",
+                "-q",
+                "-p",
+                "no:cacheprovider",
+                f"--junitxml={xml}",
+            ],
             cwd=ROOT,
             check=False,
             capture_output=True,
