@@ -271,6 +271,13 @@ def test_device_indices_match_the_rule(values: list[float], queries: list[float]
             assert i == brute_index(values, q), f"device_indices({q}) = {i}"
 
 
+def test_device_indices_compare_in_the_schedule_dtype() -> None:
+    """As diffusers' ``==`` on a float32 table: a float64 query is rounded to float32 first."""
+    indices, found = lookup.device_indices(torch.tensor([0.1, 0.3], dtype=torch.float64), torch.tensor([0.3, 0.1]))
+    assert found.tolist() == [True, True]
+    assert indices.tolist() == [1, 0]
+
+
 def test_view_positions_read_metadata() -> None:
     table = torch.arange(10, dtype=torch.float32) * 1.5
     assert lookup.view_positions(table[3], table) == [3]
@@ -294,6 +301,7 @@ def test_as_float_rounds_to_the_schedule_dtype() -> None:
     assert lookup.as_float(0.1, torch.float32) == float(np.float32(0.1))
     assert lookup.as_float(torch.tensor([[0.1]], dtype=torch.float64), torch.float64) == 0.1
     assert lookup.as_float(7, torch.float32) == 7.0
+    assert lookup.as_float(0.1, torch.float64) == 0.1  # a Python float keeps its float64 value
     with pytest.raises(ValueError, match="single value"):
         lookup.as_float(torch.tensor([1.0, 2.0]), torch.float32)
     with pytest.raises(TypeError, match="timestep must be a number"):

@@ -53,7 +53,7 @@ def as_float(timestep: Any, dtype: torch.dtype) -> float:
     if isinstance(timestep, torch.Tensor):
         if timestep.numel() != 1:
             raise ValueError(f"timestep must be a single value; got shape {tuple(timestep.shape)}")
-        timestep = timestep.detach().reshape(()).to("cpu")
+        timestep = timestep.detach().reshape(())
     try:
         return float(torch.as_tensor(timestep, dtype=torch.float64).to(dtype))
     except (TypeError, ValueError, RuntimeError) as error:
