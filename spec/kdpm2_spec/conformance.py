@@ -376,32 +376,18 @@ def tables_match_reference(target: Target, case: ks.Schedule) -> None:
 @prop(lambda target: ks.loops(target.args), LOOP_EXAMPLES)
 def sampling_loop(target: Target, case: ks.Loop) -> None:
     """Whole sampling loops (from noise or image to image) equal the reference's, to float32 table precision."""
-    run_loop(
-        target,
-        target.adapter,
-        case.config,
-        _steps(case.steps),
-        case.begin,
-        case.model,
-        case.seed,
-        case.shape,
-        LOOP_RTOL,
-    )
+    _loop(target, case, LOOP_RTOL)
 
 
 @prop(lambda target: ks.loops(target.args), LOOP_EXAMPLES)
 def sampling_loop_exact(target: Target, case: ks.Loop) -> None:
     """Whole float64 sampling loops equal the reference's to 1e-12 relative (rounding only)."""
+    _loop(target, case, EXACT_RTOL)
+
+
+def _loop(target: Target, case: ks.Loop, rtol: float) -> None:
     run_loop(
-        target,
-        target.adapter,
-        case.config,
-        _steps(case.steps),
-        case.begin,
-        case.model,
-        case.seed,
-        case.shape,
-        EXACT_RTOL,
+        target, target.adapter, case.config, _steps(case.steps), case.begin, case.model, case.seed, case.shape, rtol
     )
 
 
