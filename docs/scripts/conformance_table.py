@@ -110,8 +110,8 @@ def main() -> None:
         lines.append(f"| `{name}` | " + " | ".join(mark(status[t][name]) for t in status) + " |")
     lines += ["", "Why diffusers fails or cannot be asked (first counterexample, unshrunk):", ""]
     for name, reason in reasons.items():
-        text = reason.replace("|", "\\|")
-        lines.append(f"- `{name}` ({mark(status['diffusers'][name])}): {text[:300]}")
+        text = reason[:300].replace("`", "'")  # a code span: brackets in the message are not links
+        lines.append(f"- `{name}` ({mark(status['diffusers'][name])}): `{text}`")
     lines += [
         "",
         "## k-diffusion's functions",
