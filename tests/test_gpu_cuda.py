@@ -8,6 +8,7 @@ from __future__ import annotations
 import pytest
 import torch
 
+from helpers_kernel import calls, exact, inputs, ulp
 from kdpm2 import KDPM2DiscreteScheduler, functional, triton_step
 
 pytestmark = [
@@ -16,47 +17,10 @@ pytestmark = [
 ]
 
 DTYPES = [torch.float32, torch.float16, torch.bfloat16]
-MANTISSA_BITS = {torch.float16: 10, torch.bfloat16: 7}
-SMALLEST_SUBNORMAL = {torch.float16: 2.0**-24, torch.bfloat16: 2.0**-133}
 SHAPE = (2, 4, 32, 32)
 
 
-def ulp(value: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
-    """The spacing of ``dtype`` at each float64 ``value``."""
-    _, exponent = torch.frexp(value.abs())
-    return torch.pow(2.0, (exponent - 1 - MANTISSA_BITS[dtype]).double()).clamp(min=SMALLEST_SUBNORMAL[dtype])
-
-
-def calls():
-    out = []
-    for p in functional.PREDICTION_TYPES:
-        out.append((f"first-{p}", functional.first_order(3.0, 1.7, p), False, False))
-        out.append((f"last-{p}", functional.first_order(0.03, 0.0, p), False, False))
-        out.append((f"second-{p}", functional.second_order(3.0, 1.7, 1.1, p), True, False))
-        out.append((f"churn-{p}", functional.second_order(3.0, 1.7, 1.1, p, churn=0.4), True, True))
-    return out
-
-
 CALLS = calls()
-
-
-def cuda_inputs(shape, dtype, stored, noise, seed=0):
-    g = torch.Generator(device="cuda").manual_seed(seed)
-    x, m, s, z = (torch.randn(shape, generator=g, device="cuda").mul(3).to(dtype) for _ in range(4))
-    return [x, m, s if stored else None, z if noise else None]
-
-
-def exact(c, x, m, s, z):
-    def combine(terms):
-        acc = torch.zeros(x.shape, dtype=torch.float64, device=x.device)
-        for coefficient, t in terms:
-            if t is not None and coefficient != 0.0:
-                acc = acc + coefficient * t.double()
-        return acc
-
-    return combine([(c.stored, s), (c.sample, x), (c.model, m), (c.noise, z)]), combine(
-        [(c.x0_sample, x), (c.x0_model, m)]
-    )
 
 
 def model(x: torch.Tensor) -> torch.Tensor:
@@ -69,7 +33,7 @@ def model(x: torch.Tensor) -> torch.Tensor:
 @pytest.mark.parametrize("shape", [(1,), (3, 4, 33, 17), (16, 16, 128, 128)], ids=str)
 @pytest.mark.parametrize(("name", "c", "stored", "noise"), CALLS, ids=[k[0] for k in CALLS])
 def test_kernel_float32_matches_plain_torch(name, c, stored, noise, shape) -> None:
-    args = cuda_inputs(shape, torch.float32, stored, noise)
+    args = inputs(shape, torch.float32, stored, noise, device="cuda")
     assert triton_step.supports(*args)
     got = triton_step.apply_step(c, *args)
     want = functional.apply_step(c, *args)
@@ -80,7 +44,7 @@ def test_kernel_float32_matches_plain_torch(name, c, stored, noise, shape) -> No
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=str)
 @pytest.mark.parametrize(("name", "c", "stored", "noise"), CALLS, ids=[k[0] for k in CALLS])
 def test_kernel_half_within_one_ulp(name, c, stored, noise, dtype) -> None:
-    args = cuda_inputs((3, 4, 33, 17), dtype, stored, noise, seed=1)
+    args = inputs((3, 4, 33, 17), dtype, stored, noise, device="cuda", seed=1)
     got = triton_step.apply_step(c, *args)
     for label, g, w in zip(("prev", "x0"), got, exact(c, *args), strict=True):
         assert g.dtype == dtype
