@@ -284,3 +284,16 @@ def test_python_dash_m_kdpm2() -> None:
     )
     assert done.returncode == 2
     assert done.stderr.startswith("kdpm2: error: beta_end must be greater than 0.0")
+
+
+def test_docs_cli_page_matches_the_parser() -> None:
+    """docs/cli.md is generated from the parser; every option, value and help text must be current."""
+    import importlib.util
+    from pathlib import Path
+
+    script = Path(__file__).resolve().parents[1] / "docs" / "scripts" / "cli_reference.py"
+    spec = importlib.util.spec_from_file_location("cli_reference", script)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    assert module.OUT.read_text() == module.reference(), "regenerate: python docs/scripts/cli_reference.py"

@@ -104,10 +104,10 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument(
         "--steps", type=_demo_steps, nargs="+", metavar="N", help="step counts, at least 2 (default: 8 .. 128)"
     )
-    demo.add_argument("--out", metavar="DIR", default=".", help="directory for kdpm2-demo.png (default: .)")
+    demo.add_argument("--out", metavar="DIR", default=".", help="directory for kdpm2-demo.png (default: %(default)s)")
     demo.add_argument("--no-plot", action="store_true", help="do not write the figure")
-    demo.add_argument("--points", type=_count, default=2000, help="number of samples (default: 2000)")
-    demo.add_argument("--seed", type=int, default=0, help="seed of the initial noise (default: 0)")
+    demo.add_argument("--points", type=_count, default=2000, help="number of samples (default: %(default)s)")
+    demo.add_argument("--seed", type=int, default=0, help="seed of the initial noise (default: %(default)s)")
     demo.add_argument("--device", help="torch device (default: cuda if available, else cpu)")
     demo.add_argument("--no-compare", action="store_true", help="skip k-diffusion and diffusers")
 
