@@ -115,3 +115,17 @@ def test_outputs_are_fresh_tensors() -> None:
     assert prev.data_ptr() != x0.data_ptr()
     assert all(prev.data_ptr() != a.data_ptr() for a in args)
     assert all(torch.equal(a, b) for a, b in zip(args, before, strict=True))
+
+
+@interpreted
+@pytest.mark.parametrize(("name", "c", "stored", "noise"), CALLS, ids=[k[0] for k in CALLS])
+def test_apply_step_launches_the_kernel_once(name, c, stored, noise) -> None:
+    """``triton_step.apply_step`` (the scheduler's entry) gives the kernel's outputs for every kind of call."""
+    from kdpm2 import triton_step
+
+    args = inputs((2, 1024), torch.float32, stored, noise, seed=2)
+    got = triton_step.apply_step(c, *args)
+    want = functional.apply_step(c, args[0], args[1], args[2], args[3])
+    for g, w in zip(got, want, strict=True):
+        assert g.dtype == torch.float32 and g.shape == (2, 1024)
+        torch.testing.assert_close(g, w, rtol=1e-5, atol=1e-5, msg=lambda m: f"{name}: {m}")  # float32 sums

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import numpy as np
 import pytest
 import torch
@@ -195,3 +197,65 @@ def test_inputs_never_modified(config, dtype, n, begin):
         with unchanged(original, noise, t_copy):
             s.add_noise(original, noise, t_copy.reshape(1))
         sample = out.prev_sample
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"sigmas": [3.0]}, "sigmas must be a 1-D sequence of at least 2 values (the last is final); got (1,)"),
+        (
+            {"sigmas": [[3.0, 0.0]]},
+            "sigmas must be a 1-D sequence of at least 2 values (the last is final); got (1, 2)",
+        ),
+        ({"sigmas": [1.0, 0.0, 0.0]}, "sigmas must be finite and positive (the final one may be 0)"),
+        ({"sigmas": [2.0, 1.0, -1.0]}, "sigmas must be finite and positive (the final one may be 0)"),
+        ({"sigmas": [2.0, float("inf"), 0.0]}, "sigmas must be finite and positive (the final one may be 0)"),
+        ({"sigmas": torch.tensor([1.0, 2.0, 0.0])}, "sigmas must be strictly decreasing"),
+        ({"sigmas": np.array([2.0, 2.0, 1.0])}, "sigmas must be strictly decreasing"),
+        ({"timesteps": []}, "timesteps must be a non-empty 1-D sequence; got shape (0,)"),
+        ({"timesteps": [[900, 100]]}, "timesteps must be a non-empty 1-D sequence; got shape (1, 2)"),
+        ({"timesteps": [1000, 10]}, "timesteps must lie in [0, 999]"),
+        ({"timesteps": [500, -0.5]}, "timesteps must lie in [0, 999]"),
+        ({"timesteps": [500, float("nan")]}, "timesteps must lie in [0, 999]"),
+        ({"timesteps": torch.tensor([100, 900])}, "timesteps must be strictly decreasing"),
+        ({"timesteps": np.array([500, 500])}, "timesteps must be strictly decreasing"),
+    ],
+)
+def test_custom_schedule_messages(kwargs, message):
+    """Each bad custom schedule gets its own message, naming the argument and the rule it breaks."""
+    with pytest.raises(ValueError, match="^" + re.escape(message) + "$"):
+        KDPM2DiscreteScheduler().set_timesteps(**kwargs)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "error", "message"),
+    [
+        (
+            {"trained_betas": [0.01] * 9},
+            ValueError,
+            "trained_betas must hold num_train_timesteps=10 values; got shape (9,)",
+        ),
+        ({"trained_betas": [0.5] * 9 + [1.0]}, ValueError, "trained_betas must lie in the open interval (0, 1)"),
+        ({"trained_betas": torch.full((10,), 0.0)}, ValueError, "trained_betas must lie in the open interval (0, 1)"),
+        ({"beta_start": 0.0}, ValueError, "beta_start must be greater than 0.0; got 0.0"),
+        ({"beta_end": float("inf")}, TypeError, "beta_end must be a finite real number; got inf"),
+        ({"beta_end": True}, TypeError, "beta_end must be a finite real number; got True"),
+        ({"s_noise": "1"}, TypeError, "s_noise must be a finite real number; got '1'"),
+        ({"s_tmin": -0.5}, ValueError, "s_tmin must be at least 0.0; got -0.5"),
+        ({"s_tmax": -1}, ValueError, "s_tmax must be at least 0.0; got -1"),
+        ({"sigma_max": 0.0}, ValueError, "sigma_max must be greater than 0.0; got 0.0"),
+        ({"sigma_min": 2.0, "sigma_max": 2.0}, ValueError, "sigma_min (2.0) must be smaller than sigma_max (2.0)"),
+        ({"num_train_timesteps": 1}, ValueError, "num_train_timesteps must be at least 2; got 1"),
+        ({"num_train_timesteps": True}, TypeError, "num_train_timesteps must be an integer; got bool True"),
+        (
+            {"beta_schedule": "cosine"},
+            ValueError,
+            "beta_schedule must be one of 'linear', 'scaled_linear', 'squaredcos_cap_v2'; got 'cosine'",
+        ),
+    ],
+)
+def test_constructor_messages(kwargs, error, message):
+    """Constructor errors name the argument, the allowed values and the value given."""
+    kwargs = {"num_train_timesteps": 10, **kwargs} if "trained_betas" in kwargs else kwargs
+    with pytest.raises(error, match="^" + re.escape(message) + "$"):
+        KDPM2DiscreteScheduler(**kwargs)

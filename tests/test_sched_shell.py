@@ -383,15 +383,115 @@ def test_apply_dispatches_cuda_tensors_to_the_kernel(monkeypatch: pytest.MonkeyP
     """CUDA tensors the kernel supports go to it; the rest (and every CPU tensor) to the torch path."""
     calls: list[str] = []
     verdict = {"ok": True}
-    monkeypatch.setattr(triton_step, "supports", lambda *a: calls.append("supports") or verdict["ok"])
+    monkeypatch.setattr(triton_step, "supports", lambda *a: calls.append(a) or verdict["ok"])
     monkeypatch.setattr(triton_step, "apply_step", lambda *a: ("fused", a))
     monkeypatch.setattr(functional, "apply_step", lambda *a: ("plain", a))
     c = functional.first_order(3.0, 1.5, "epsilon")
-    x = FakeCuda(torch.empty(2))
-    assert _apply(c, x, x, None, None) == ("fused", (c, x, x, None, None))  # type: ignore[arg-type]
+    x, m, s, z = (FakeCuda(torch.empty(2)) for _ in range(4))
+    assert _apply(c, x, m, s, z) == ("fused", (c, x, m, s, z))  # type: ignore[arg-type]
     verdict["ok"] = False
-    assert _apply(c, x, x, None, None) == ("plain", (c, x, x, None, None))  # type: ignore[arg-type]
-    assert calls == ["supports", "supports"]
+    assert _apply(c, x, m, None, None) == ("plain", (c, x, m, None, None))  # type: ignore[arg-type]
+    assert calls == [(x, m, s, z), (x, m, None, None)]
     cpu = torch.zeros(2)
     assert _apply(c, cpu, cpu, cpu, None)[0] == "plain"
-    assert calls == ["supports", "supports"], "CPU tensors never ask the kernel"
+    assert len(calls) == 2, "CPU tensors never ask the kernel"
+
+
+def test_kernel_flags_name_the_live_terms() -> None:
+    """A term is compiled in when its input is present and its coefficient is not 0."""
+    c = functional.Coefficients(stored=0.5, sample=0.0, model=-1.5, noise=0.25, x0_sample=1.0, x0_model=0.0)
+    s = torch.zeros(1)
+    assert triton_step._flags(c, s, s) == {
+        "PREV_STORED": True,
+        "PREV_SAMPLE": False,
+        "PREV_MODEL": True,
+        "PREV_NOISE": True,
+        "X0_SAMPLE": True,
+        "X0_MODEL": False,
+    }
+    flags = triton_step._flags(c, None, None)
+    assert not flags["PREV_STORED"] and not flags["PREV_NOISE"]
+    zero = functional.Coefficients(stored=0.0, sample=2.0, model=0.0, noise=0.0, x0_sample=0.0, x0_model=3.0)
+    assert triton_step._flags(zero, s, s) == {
+        "PREV_STORED": False,
+        "PREV_SAMPLE": True,
+        "PREV_MODEL": False,
+        "PREV_NOISE": False,
+        "X0_SAMPLE": False,
+        "X0_MODEL": True,
+    }
+
+
+# -- lookups in the schedule's dtype, errors naming the value ----------------------------------
+
+
+def test_given_schedule_is_searched_in_its_own_dtype() -> None:
+    """A Python float is rounded to the given table's dtype before the search (as diffusers' ``==``)."""
+    ours = KDPM2DiscreteScheduler()
+    table = torch.tensor([900.1, 500.3, 100.7], dtype=torch.float32)
+    assert ours.index_for_timestep(500.3, table) == 1
+    with pytest.raises(ValueError, match=r"^timestep 500\.4 is not in the schedule \(see scheduler.timesteps\)$"):
+        ours.index_for_timestep(500.4, table)
+
+
+def test_own_schedule_is_searched_in_its_dtype() -> None:
+    """Custom float timesteps are kept in float32: a Python float finds its float32 entry."""
+    ours = KDPM2DiscreteScheduler()
+    ours.set_timesteps(timesteps=[900.3, 500.7, 100.1])
+    assert ours.timesteps.dtype == torch.float32
+    assert ours.index_for_timestep(500.7) == 2  # main timesteps sit at the even calls: 0, 2, 4
+    with pytest.raises(ValueError, match=r"^timestep 123\.25 is not in the schedule \(see scheduler.timesteps\)$"):
+        ours.index_for_timestep(123.25)
+    with pytest.raises(ValueError, match=r"^timestep tensor\(123\.2500\) is not in the schedule"):
+        ours.index_for_timestep(torch.tensor(123.25))
+
+
+def test_scale_model_input_names_its_argument() -> None:
+    """A non-tensor sample is a TypeError naming ``sample``."""
+    ours, _ = pair(3)
+    with pytest.raises(TypeError, match=r"^sample must be a torch.Tensor; got ndarray$"):
+        ours.scale_model_input(np.zeros(3), ours.timesteps[0])  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("batch", [1, 3])
+def test_add_noise_one_timestep_keeps_the_batch(batch: int) -> None:
+    """With a begin index, one timestep gives one sigma for the whole batch: the output has the input's shape."""
+    ours, _ = pair(3)
+    ours.set_begin_index(1)
+    x, n = tensors(shape=(batch, 2))
+    for t in (ours.timesteps[1], ours.timesteps[1:2]):
+        got = ours.add_noise(x, n, t)
+        assert got.shape == x.shape
+        torch.testing.assert_close(got, x + float(ours.sigmas[1]) * n)
+
+
+# -- results stay on the input's device ------------------------------------------------------
+# The meta device stands in for CUDA on a CPU-only machine: a table or noise left on the CPU
+# cannot be combined with meta tensors, exactly as it could not with CUDA tensors.
+
+
+@pytest.mark.parametrize("churn", [0.0, 2.0])
+def test_step_and_add_noise_keep_the_sample_device(churn: float) -> None:
+    """Every output of a loop on "meta" tensors is on "meta", churn noise from a CPU generator included."""
+    ours = KDPM2DiscreteScheduler(s_churn=churn)
+    ours.set_timesteps(3, device="meta")
+    x = torch.empty(2, 3, device="meta")
+    for t in ours.timesteps:
+        generator = torch.Generator().manual_seed(0) if churn else None
+        out = ours.step(torch.empty_like(x), t, ours.scale_model_input(x, t), generator=generator)
+        assert out.prev_sample.device.type == out.pred_original_sample.device.type == "meta"
+        x = out.prev_sample
+    assert ours.add_noise(x, x, ours.timesteps[[0, 1]]).device.type == "meta"
+    ours.set_begin_index(0)
+    assert ours.add_noise(x, x, ours.timesteps[[0, 1]]).device.type == "meta"
+
+
+def test_churn_noise_from_a_cpu_generator_is_moved_to_the_sample() -> None:
+    """Noise is drawn on the generator's device, then moved: a CPU generator serves a "meta" sample."""
+    from kdpm2.scheduler import _randn
+
+    like = torch.empty(4, 2, dtype=torch.float16, device="meta")
+    noise = _randn(like, torch.Generator().manual_seed(1))
+    assert noise.device.type == "meta" and noise.dtype == torch.float16 and noise.shape == like.shape
+    cpu = _randn(torch.empty(4, 2, dtype=torch.float64), torch.Generator().manual_seed(1))
+    torch.testing.assert_close(cpu, torch.randn(4, 2, generator=torch.Generator().manual_seed(1), dtype=torch.float64))
