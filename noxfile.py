@@ -71,6 +71,12 @@ def demo(session: nox.Session) -> None:
 
 @nox.session(default=False)
 def mutation(session: nox.Session) -> None:
-    """Mutation-test src/kdpm2 with mutmut (posargs: mutmut arguments, default ``run``)."""
-    session.install(*TORCH, ".", *group("test"), "mutmut>=3")
-    session.run("mutmut", *(session.posargs or ["run"]), env={"HYPOTHESIS_PROFILE": "ci"})
+    """Mutation-test src/kdpm2 with mutmut (posargs: mutmut arguments, default ``run``).
+
+    The package is not installed: mutmut's mutated copy under ``mutants/src`` must be the one
+    imported, so the sources come from ``PYTHONPATH``. The Triton kernel runs in-process under
+    Triton's CPU interpreter, so its launch code is scored too.
+    """
+    session.install(*TORCH, *PYPROJECT["project"]["dependencies"], *group("test"), "mutmut>=3")
+    env = {"HYPOTHESIS_PROFILE": "ci", "PYTHONPATH": "src:spec", "TRITON_INTERPRET": "1", "OMP_NUM_THREADS": "1"}
+    session.run("mutmut", *(session.posargs or ["run"]), env=env)

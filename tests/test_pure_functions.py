@@ -218,6 +218,12 @@ def test_sigma_families_equal_spec(family: str, n: int, bounds: tuple[float, flo
     np.testing.assert_allclose(got, SPEC_FAMILIES[family](n, lo, hi), rtol=1e-13, atol=0)
 
 
+def test_sigma_family_rejects_unknown_names() -> None:
+    """A family name that is not one of the three is an error, not a silent beta schedule."""
+    with pytest.raises(ValueError, match=r"^family must be one of 'karras', 'exponential', 'beta'; got 'Beta'$"):
+        tables.sigma_family("Beta", 5, 0.1, 10.0)
+
+
 @given(
     n=st.integers(1, 30),
     churn=st.floats(0.0, 80.0),

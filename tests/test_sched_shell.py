@@ -495,3 +495,48 @@ def test_churn_noise_from_a_cpu_generator_is_moved_to_the_sample() -> None:
     assert noise.device.type == "meta" and noise.dtype == torch.float16 and noise.shape == like.shape
     cpu = _randn(torch.empty(4, 2, dtype=torch.float64), torch.Generator().manual_seed(1))
     torch.testing.assert_close(cpu, torch.randn(4, 2, generator=torch.Generator().manual_seed(1), dtype=torch.float64))
+
+
+# -- what step and set_timesteps refuse, and what they leave alone --------------------------
+
+
+def test_step_names_the_bad_argument() -> None:
+    """Non-tensor inputs to ``step`` are TypeErrors naming ``model_output`` or ``sample``."""
+    ours, _ = pair(3)
+    x, _ = tensors()
+    t = ours.timesteps[0]
+    with pytest.raises(TypeError, match=r"^model_output must be a torch.Tensor; got ndarray$"):
+        ours.step(x.numpy(), t, x)  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match=r"^sample must be a floating-point tensor; got torch.int64$"):
+        ours.step(x, t, x.long())
+
+
+def test_set_timesteps_checks_num_train_timesteps_and_sources() -> None:
+    """``num_train_timesteps`` may be passed when it equals the config's; exactly one schedule source."""
+    ours = KDPM2DiscreteScheduler(num_train_timesteps=500)
+    ours.set_timesteps(4, num_train_timesteps=500)
+    assert ours.num_inference_steps == 4
+    with pytest.raises(ValueError, match=r"^num_train_timesteps must equal the config's 500; got 1000$"):
+        ours.set_timesteps(4, num_train_timesteps=1000)
+    with pytest.raises(ValueError, match=r"^pass exactly one of num_inference_steps, timesteps and sigmas$"):
+        ours.set_timesteps()
+
+
+@pytest.mark.parametrize("final", [0.0, 0.5])
+@pytest.mark.parametrize("s_churn", [0.0, 2.0])
+def test_generator_is_drawn_only_for_churn(s_churn: float, final: float) -> None:
+    """Without churn, and on the final call, ``step`` draws nothing: the generator is left untouched.
+
+    With a final sigma above 0 the last call is a second-order one, which must not churn either.
+    """
+    ours = KDPM2DiscreteScheduler(s_churn=s_churn)
+    ours.set_timesteps(sigmas=[10.0, 3.0, 1.0, final])
+    assert len(ours.timesteps) == (5 if final == 0 else 6)
+    x, eps = tensors()
+    generator = torch.Generator().manual_seed(7)
+    last = len(ours.timesteps) - 1
+    for k, t in enumerate(ours.timesteps):
+        before = generator.get_state()
+        x = ours.step(eps, t, x, generator=generator).prev_sample
+        drew = not torch.equal(before, generator.get_state())
+        assert drew == (s_churn > 0 and k % 2 == 1 and k < last), f"call {k}"

@@ -69,6 +69,8 @@ def sigma_family(family: str, n: int, sigma_min: float, sigma_max: float) -> tor
         return (hi + ramp * (lo - hi)) ** 7.0
     if family == "exponential":
         return torch.linspace(math.log(sigma_max), math.log(sigma_min), n, dtype=F64).exp()
+    if family != "beta":
+        raise ValueError(f"family must be one of 'karras', 'exponential', 'beta'; got {family!r}")
     try:
         import scipy.stats
     except ImportError as error:
