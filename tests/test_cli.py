@@ -297,3 +297,82 @@ def test_docs_cli_page_matches_the_parser() -> None:
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     assert module.OUT.read_text() == module.reference(), "regenerate: python docs/scripts/cli_reference.py"
+
+
+# -- argument plumbing -------------------------------------------------------------------------
+
+
+def test_demo_arguments_reach_demo_main(capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each ``kdpm2 demo`` option is passed to ``demo.main`` under its own name; defaults otherwise."""
+    seen: list[dict] = []
+    monkeypatch.setattr(demo, "main", lambda **kwargs: seen.append(kwargs))
+    argv = ["demo", "--steps", "4", "2", "--points", "30", "--seed", "5", "--device", "cpu", "--no-compare"]
+    assert run_cli(capsys, *argv, "--out", "figs")[0] == 0
+    assert run_cli(capsys, "demo", "--no-plot")[0] == 0
+    assert seen == [
+        {"step_counts": [4, 2], "out": "figs", "points": 30, "seed": 5, "device": "cpu", "compare": False},
+        {"step_counts": demo.STEP_COUNTS, "out": None, "points": 2000, "seed": 0, "device": None, "compare": True},
+    ]
+
+
+def test_schedule_json_rows_and_initial_noise(capsys: pytest.CaptureFixture[str]) -> None:
+    """The JSON's per-call rows read the scheduler's tables; its init_noise_sigma is the scheduler's."""
+    status, out, err = run_cli(capsys, "schedule", "--steps", "3", "--timestep-spacing", "leading", "--json")
+    assert status == 0, err
+    got = json.loads(out)
+    s = KDPM2DiscreteScheduler(timestep_spacing="leading")
+    s.set_timesteps(3)
+    assert got["init_noise_sigma"] == float(s.init_noise_sigma)
+    sigmas, interpol = s.sigmas.tolist(), s.sigmas_interpol.tolist()
+    want = [
+        {"call": 0, "order": 1, "timestep": s.timesteps[0].item(), "sigma": sigmas[0], "to_sigma": interpol[1]},
+        {"call": 1, "order": 2, "timestep": s.timesteps[1].item(), "sigma": interpol[1], "to_sigma": sigmas[1]},
+        {"call": 2, "order": 1, "timestep": s.timesteps[2].item(), "sigma": sigmas[2], "to_sigma": interpol[3]},
+        {"call": 3, "order": 2, "timestep": s.timesteps[3].item(), "sigma": interpol[3], "to_sigma": sigmas[3]},
+        {"call": 4, "order": 1, "timestep": s.timesteps[4].item(), "sigma": sigmas[4], "to_sigma": interpol[5]},
+    ]
+    assert got["calls"] == want
+    assert want[-1]["to_sigma"] == 0.0
+
+
+def test_schedule_table_header(capsys: pytest.CaptureFixture[str]) -> None:
+    """The table starts with the step and call counts and the initial noise, then the column names."""
+    status, out, _ = run_cli(capsys, "schedule", "--steps", "2", "--timestep-spacing", "leading")
+    assert status == 0
+    s = KDPM2DiscreteScheduler(timestep_spacing="leading")
+    s.set_timesteps(2)
+    first, second, *rows = out.splitlines()
+    assert first == f"2 steps, 3 model calls, init_noise_sigma {float(s.init_noise_sigma):.6g}"
+    assert second.split() == ["call", "order", "timestep", "sigma", "to", "sigma"]
+    assert len(rows) == 3 and all(len(r) == len(second) for r in rows), "columns are aligned"
+
+
+def test_trained_betas_file_formats_and_errors(capsys: pytest.CaptureFixture[str], tmp_path: object) -> None:
+    """Betas files may be whitespace- or comma-separated; an unreadable file names itself."""
+    betas = np.linspace(1e-4, 0.02, 20)
+    want = KDPM2DiscreteScheduler(num_train_timesteps=20, trained_betas=betas)
+    want.set_timesteps(3)
+    for name, text in (("lines.txt", "\n".join(map(repr, betas)) + "\n"), ("commas.txt", ", ".join(map(repr, betas)))):
+        path = tmp_path / name  # type: ignore[operator]
+        path.write_text(text)
+        argv = ["schedule", "--steps", "3", "--num-train-timesteps", "20", "--trained-betas", str(path), "--json"]
+        status, out, err = run_cli(capsys, *argv)
+        assert status == 0, err
+        assert json.loads(out)["sigmas"] == want.sigmas.tolist(), name
+    missing = tmp_path / "absent.json"  # type: ignore[operator]
+    status, _, err = run_cli(capsys, "schedule", "--steps", "3", "--trained-betas", str(missing))
+    assert status == 2
+    assert f"cannot read '{missing}': No such file or directory" in err
+
+
+def test_number_lists_allow_spaces_and_a_trailing_comma(capsys: pytest.CaptureFixture[str]) -> None:
+    """``--sigmas 14.6, 3, 0`` and ``--sigmas 14.6,3,0,`` are the same list."""
+    outs = []
+    for text in ("14.6, 3, 0", "14.6,3,0,"):
+        status, out, err = run_cli(capsys, "schedule", "--sigmas", text, "--json")
+        assert status == 0, err
+        outs.append(json.loads(out)["sigmas"])
+    assert outs[0] == outs[1]
+    s = KDPM2DiscreteScheduler()
+    s.set_timesteps(sigmas=[14.6, 3.0, 0.0])
+    assert outs[0] == s.sigmas.tolist()
