@@ -241,6 +241,7 @@ def test_custom_schedule_messages(kwargs, message):
         ({"beta_end": float("inf")}, TypeError, "beta_end must be a finite real number; got inf"),
         ({"beta_end": True}, TypeError, "beta_end must be a finite real number; got True"),
         ({"s_noise": "1"}, TypeError, "s_noise must be a finite real number; got '1'"),
+        ({"beta_start": None}, TypeError, "beta_start must be a finite real number; got None"),
         ({"s_tmin": -0.5}, ValueError, "s_tmin must be at least 0.0; got -0.5"),
         ({"s_tmax": -1}, ValueError, "s_tmax must be at least 0.0; got -1"),
         ({"sigma_max": 0.0}, ValueError, "sigma_max must be greater than 0.0; got 0.0"),

@@ -540,3 +540,49 @@ def test_generator_is_drawn_only_for_churn(s_churn: float, final: float) -> None
         x = ours.step(eps, t, x, generator=generator).prev_sample
         drew = not torch.equal(before, generator.get_state())
         assert drew == (s_churn > 0 and k % 2 == 1 and k < last), f"call {k}"
+
+
+@pytest.mark.parametrize("churn", [0.0, 1.5])
+def test_custom_sigmas_quantized_and_churned_equal_reference(churn: float) -> None:
+    """``quantize_timesteps`` applies to custom sigmas and to churned sigmas, as in the spec."""
+    config = {"quantize_timesteps": True, "s_churn": churn, "s_tmin": 0.5, "s_tmax": 8.0}
+    ours, ref = KDPM2DiscreteScheduler(**config), Reference(**config)
+    sigmas = [14.6, 7.3, 2.1, 0.9, 0.2, 0.0]
+    ours.set_timesteps(sigmas=sigmas)
+    ref.set_timesteps(sigmas=sigmas)
+    np.testing.assert_array_equal(ours.timesteps.numpy(), ref.timesteps)
+    assert ours.timesteps.numpy().tolist() == np.round(ours.timesteps.numpy()).tolist(), "quantized to integers"
+    np.testing.assert_allclose(ours.sigmas.numpy(), ref.sigmas, rtol=1e-6)
+
+
+def test_discarding_the_penultimate_sigma_allows_one_step_fewer() -> None:
+    """With ``discard_penultimate_sigma`` the longest schedule is ``num_train_timesteps - 1`` steps."""
+    ours = KDPM2DiscreteScheduler(num_train_timesteps=100, discard_penultimate_sigma=True)
+    ours.set_timesteps(99)
+    assert ours.num_inference_steps == 99
+    with pytest.raises(ValueError, match=r"^num_inference_steps must be between 1 and 99; got 100$"):
+        ours.set_timesteps(100)
+    plain = KDPM2DiscreteScheduler(num_train_timesteps=100)
+    plain.set_timesteps(100)
+    with pytest.raises(ValueError, match=r"^num_inference_steps must be between 1 and 100; got 101$"):
+        plain.set_timesteps(101)
+
+
+def test_custom_timesteps_with_a_sigma_family_message() -> None:
+    """Custom timesteps cannot follow a sigma family; the message says to pass sigmas."""
+    with pytest.raises(
+        ValueError, match=r"^timesteps cannot be combined with use_karras/exponential/beta_sigmas; pass sigmas$"
+    ):
+        KDPM2DiscreteScheduler(use_exponential_sigmas=True).set_timesteps(timesteps=[900, 100])
+
+
+def test_set_timesteps_puts_the_public_tables_on_the_device() -> None:
+    """``timesteps``, ``sigmas_interpol`` and ``log_sigmas`` go to ``device`` in diffusers' dtypes; ``sigmas`` stays on the CPU."""
+    ours = KDPM2DiscreteScheduler()
+    ours.set_timesteps(3, device="meta")
+    assert ours.timesteps.device.type == ours.sigmas_interpol.device.type == ours.log_sigmas.device.type == "meta"
+    assert ours.sigmas.device.type == "cpu"
+    assert ours.timesteps.dtype == ours.sigmas_interpol.dtype == ours.log_sigmas.dtype == torch.float32
+    karras = KDPM2DiscreteScheduler(use_karras_sigmas=True)
+    karras.set_timesteps(3, device=torch.device("meta"))
+    assert karras.timesteps.device.type == "meta" and karras.timesteps.dtype == torch.float64

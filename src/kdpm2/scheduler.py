@@ -108,7 +108,6 @@ class KDPM2DiscreteScheduler(ConfigMixin):
     ) -> None:
         config = dict(locals())
         del config["self"]
-        config.pop("__class__", None)
         validation.integer("num_train_timesteps", num_train_timesteps, 2)
         validation.choice("beta_schedule", beta_schedule, validation.BETA_SCHEDULES)
         validation.choice("prediction_type", prediction_type, functional.PREDICTION_TYPES)
