@@ -170,6 +170,7 @@ def test_schedule_json_equals_the_scheduler_tables(
     status, out, err = run_cli(capsys, "schedule", *argv, "--json")
     assert status == 0, err
     got = json.loads(out)
+    assert out == json.dumps(got, indent=2) + "\n", "--json prints indented JSON"
     scheduler = KDPM2DiscreteScheduler(**config)
     scheduler.set_timesteps(steps)
     assert got["timesteps"] == scheduler.timesteps.tolist()
@@ -236,7 +237,7 @@ def test_every_constructor_argument_has_a_flag(capsys: pytest.CaptureFixture[str
         (["schedule"], "one of the arguments --steps --sigmas --timesteps is required"),
         (["schedule", "--steps", "4", "--prediction-type", "noise"], "invalid choice: 'noise'"),
         (["schedule", "--sigmas", "1,x"], "expected comma-separated numbers"),
-        (["demo", "--steps", "1"], "must be at least 2"),
+        (["demo", "--steps", "1"], "argument --steps: must be at least 2, got 1"),
         (["demo", "--device", "nonsense"], "kdpm2: error: unknown device 'nonsense'"),
         ([], "required: COMMAND"),
     ],

@@ -15,6 +15,7 @@ import pickle
 
 import numpy as np
 import pytest
+import torch
 
 from kdpm2 import KDPM2DiscreteScheduler
 from kdpm2.configuration import CONFIG_NAME, DIFFUSERS_FORMAT_VERSION, FrozenDict
@@ -45,6 +46,14 @@ def test_frozen_dict_refuses_every_change() -> None:
     with pytest.raises(TypeError):
         d.setdefault("c", 3)
     assert dict(d) == {"a": 1}
+
+
+def test_frozen_dict_deepcopy_keeps_shared_values_shared() -> None:
+    """Like ``copy.deepcopy`` of a dict: a value referenced twice is copied once (the memo is passed on)."""
+    shared = [1.0, 2.0]
+    d = FrozenDict(a=shared, b=shared)
+    clone = copy.deepcopy(d)
+    assert clone["a"] is clone["b"] and clone["a"] is not shared
 
 
 def test_frozen_dict_copies_stay_frozen_and_equal() -> None:
@@ -120,9 +129,11 @@ def test_to_json_string_is_diffusers_format() -> None:
     assert data["_diffusers_version"] == DIFFUSERS_FORMAT_VERSION
     assert data["trained_betas"] == betas.tolist()
     assert {k: v for k, v in data.items() if not k.startswith("_")} == json.loads(json.dumps(dict(s.config)))
-    s.register_to_config(_private=1, where=pathlib.PurePosixPath("a/b"))
+    s.register_to_config(_private=1, where=pathlib.PurePosixPath("a/b"), table=torch.tensor([1.5, 2.5]))
+    s.register_to_config(count=np.int64(3), name="text")
     data = json.loads(s.to_json_string())
     assert "_private" not in data and data["where"] == "a/b"
+    assert data["table"] == [1.5, 2.5] and data["count"] == 3 and data["name"] == "text"
 
 
 def test_save_and_load_round_trip(tmp_path: pathlib.Path) -> None:

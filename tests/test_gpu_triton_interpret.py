@@ -129,3 +129,57 @@ def test_apply_step_launches_the_kernel_once(name, c, stored, noise) -> None:
     for g, w in zip(got, want, strict=True):
         assert g.dtype == torch.float32 and g.shape == (2, 1024)
         torch.testing.assert_close(g, w, rtol=1e-5, atol=1e-5, msg=lambda m: f"{name}: {m}")  # float32 sums
+
+
+@interpreted
+@pytest.mark.parametrize("zero", ["stored", "sample", "model", "noise", "x0_sample", "x0_model"])
+def test_each_zero_coefficient_leaves_its_input_out(zero: str) -> None:
+    """A term whose coefficient is 0 is not read: inf in that input does not reach either output."""
+    values = {"stored": 0.5, "sample": -0.75, "model": 1.25, "noise": 0.3, "x0_sample": 1.1, "x0_model": -0.4}
+    c = functional.Coefficients(**{**values, zero: 0.0})
+    x, m, s, z = inputs((64,), torch.float32, True, True)
+    poisoned = {"stored": s, "noise": z}.get(zero)
+    if poisoned is not None:
+        poisoned[3] = float("inf")
+        got = launch(c, x, m, s, z)
+        want = functional.apply_step(c, x, m, s, z)
+        for g, w in zip(got, want, strict=True):
+            assert bool(g.isfinite().all())
+            torch.testing.assert_close(g, w, rtol=1e-6, atol=1e-6)
+        return
+    # sample and model feed both outputs: poison only the output whose coefficient is 0
+    target = x if zero in ("sample", "x0_sample") else m
+    target[3] = float("inf")
+    got = launch(c, x, m, s, z)
+    want = functional.apply_step(c, x, m, s, z)
+    output = 0 if zero in ("sample", "model") else 1
+    assert bool(got[output].isfinite().all()), f"inf leaked through the zero {zero} coefficient"
+    for g, w in zip(got, want, strict=True):
+        torch.testing.assert_close(g, w, rtol=1e-6, atol=1e-6, equal_nan=True)
+
+
+@interpreted
+def test_apply_step_uses_the_custom_op_only_while_compiling(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Eager calls launch the kernel directly; under ``torch.compile`` they go through ``kdpm2::fused_step``."""
+    from kdpm2 import triton_step
+
+    real = triton_step._fused_op
+    if real is None:
+        pytest.skip("torch.library.triton_op is not available")
+    seen: list[tuple] = []
+
+    def spy(*args):
+        seen.append(args)
+        return real(*args)
+
+    monkeypatch.setattr(triton_step, "_fused_op", spy)
+    c = functional.second_order(3.0, 1.7, 1.1, "v_prediction", churn=0.4)
+    args = inputs((2, 1024), torch.float32, True, True, seed=4)
+    eager = triton_step.apply_step(c, *args)
+    assert seen == []
+    monkeypatch.setattr(torch.compiler, "is_compiling", lambda: True)
+    traced = triton_step.apply_step(c, *args)
+    assert len(seen) == 1 and seen[0][:4] == tuple(args)
+    assert seen[0][4:] == (c.stored, c.sample, c.model, c.noise, c.x0_sample, c.x0_model)
+    for g, w in zip(traced, eager, strict=True):
+        torch.testing.assert_close(g, w, rtol=0, atol=0)

@@ -372,6 +372,8 @@ def test_supports_reads_dtype_shape_device_and_layout(dtype: torch.dtype) -> Non
         assert not triton_step.supports(x, FakeCuda(base, dtype=dtype), bad), vars(bad)
         assert not triton_step.supports(x, FakeCuda(base, dtype=dtype), None, bad), vars(bad)
     assert not triton_step.supports(FakeCuda(base, dtype=dtype, contiguous=False), FakeCuda(base, dtype=dtype))
+    one = torch.empty(1)
+    assert triton_step.supports(FakeCuda(one, dtype=dtype), FakeCuda(one, dtype=dtype)), "one element is enough"
     empty = torch.empty(0, 3)
     assert not triton_step.supports(FakeCuda(empty, dtype=dtype), FakeCuda(empty, dtype=dtype))
     assert not triton_step.supports(
@@ -586,3 +588,10 @@ def test_set_timesteps_puts_the_public_tables_on_the_device() -> None:
     karras = KDPM2DiscreteScheduler(use_karras_sigmas=True)
     karras.set_timesteps(3, device=torch.device("meta"))
     assert karras.timesteps.device.type == "meta" and karras.timesteps.dtype == torch.float64
+
+
+def test_available_says_whether_triton_imports() -> None:
+    """``available()`` is True exactly when Triton can be imported."""
+    import importlib.util
+
+    assert triton_step.available() == (importlib.util.find_spec("triton") is not None)

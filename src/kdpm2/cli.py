@@ -44,7 +44,7 @@ def _demo_steps(text: str) -> int:
 def _floats(text: str) -> list[float]:
     """Comma-separated numbers (``14.6,3,0.5,0``)."""
     try:
-        return [float(part) for part in text.replace(" ", "").split(",") if part]
+        return [float(part) for part in text.split(",") if part.strip()]
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected comma-separated numbers, got {text!r}") from None
 
