@@ -85,7 +85,7 @@ def test_demo_without_matplotlib(capsys: pytest.CaptureFixture[str], monkeypatch
     monkeypatch.setitem(sys.modules, "matplotlib", None)  # import matplotlib raises ImportError
     status, out, _ = run_cli(capsys, "demo", "--steps", "2", "3", "--points", "16", "--no-compare", "--out", "unused")
     assert status == 0
-    assert "matplotlib is not installed" in out
+    assert "matplotlib is not installed: no figure (pip install matplotlib)" in out.splitlines()
 
 
 def test_mixture_denoiser_is_the_posterior_mean() -> None:
@@ -377,3 +377,11 @@ def test_number_lists_allow_spaces_and_a_trailing_comma(capsys: pytest.CaptureFi
     s = KDPM2DiscreteScheduler()
     s.set_timesteps(sigmas=[14.6, 3.0, 0.0])
     assert outs[0] == s.sigmas.tolist()
+
+
+def test_option_type_of_an_untyped_argument_is_text() -> None:
+    """A constructor argument with a default of no known type becomes a text option showing that default."""
+    import inspect
+
+    parameter = inspect.Parameter("label", inspect.Parameter.POSITIONAL_OR_KEYWORD, default="abc")
+    assert cli._option_type("label", parameter) == {"type": str, "help": "(default: abc)"}

@@ -143,6 +143,13 @@ def test_ring_defaults_are_the_documented_eight_gaussians() -> None:
     assert mixture.means.device.type == "cpu"
 
 
+def test_ring_is_placed_on_the_requested_device() -> None:
+    """Means, stds and weights all on ``device`` (torch's data-less "meta" device stands in for a GPU)."""
+    mixture = demo.Mixture.ring(components=3, device="meta")
+    assert [t.device.type for t in (mixture.means, mixture.stds, mixture.weights)] == ["meta"] * 3
+    assert mixture.means.shape == (3, 2)
+
+
 UNEVEN = (
     np.array([[1.0, 0.5], [-2.0, 1.0], [0.5, -3.0]]),  # means
     np.array([0.1, 0.6, 0.3]),  # stds
@@ -189,6 +196,20 @@ def test_sample_shape_dtype_device_and_seed() -> None:
     assert a.device == mixture.means.device
     assert torch.equal(a, mixture.sample(17, _generator(5)))
     assert not torch.equal(a, mixture.sample(17, _generator(6)))
+
+
+def test_sample_draws_a_component_then_float64_noise() -> None:
+    """``mu_k + s_k n``: ``k`` by ``torch.multinomial`` of the weights, then float64 normal ``n``, one generator."""
+    means = torch.tensor([[3.0, -1.0], [0.0, 2.0], [-4.0, 0.5]], dtype=torch.float64)
+    stds, weights = torch.tensor([0.5, 1.5, 0.25], dtype=torch.float64), torch.tensor([0.3, 0.2, 0.5]).double()
+    got = demo.Mixture(means, stds, weights).sample(500, _generator(9))
+    generator = _generator(9)
+    k = torch.multinomial(weights, 500, replacement=True, generator=generator)
+    noise = torch.randn(500, 2, generator=generator, dtype=torch.float64)
+    np.testing.assert_allclose(got.numpy(), (means[k] + stds[k, None] * noise).numpy(), rtol=1e-15, atol=1e-15)
+    standard = demo.Mixture(torch.zeros(1, 2).double(), torch.ones(1).double(), torch.ones(1).double())
+    draws = standard.sample(100, _generator(1))
+    assert bool((draws.float().double() != draws).all()), "the noise must be drawn in float64, not float32"
 
 
 def test_sample_follows_the_weights_and_the_stds() -> None:
@@ -349,6 +370,18 @@ def test_k_diffusion_sampler_returns_the_state_at_sigma_min() -> None:
         assert path == []
 
 
+def test_k_diffusion_sampler_with_one_point_and_no_progress_bar(capsys: pytest.CaptureFixture[str]) -> None:
+    """A single point works (the model reads sigma from a batch of one), and tqdm draws nothing."""
+    pytest.importorskip("k_diffusion.sampling")
+    mixture = demo.Mixture.ring()
+    x = _points(1, 13, scale=_training_range()[1])
+    final, before_last, _ = demo.k_diffusion_sampler(mixture.denoise, (2,))(2, x)
+    want_final, states = _dpm2(mixture.denoise, _karras(2), x)
+    _close(final, want_final, rtol=1e-10)
+    _close(before_last, states[-1], rtol=1e-10)
+    assert capsys.readouterr() == ("", "")
+
+
 def test_diffusers_sampler_is_dpm2_on_karras_sigmas() -> None:
     """diffusers' scheduler with Karras sigmas through the same loop: DPM-2's samples and path."""
     pytest.importorskip("diffusers")
@@ -454,7 +487,8 @@ def test_available_samplers_import_error_is_not_installed(monkeypatch: pytest.Mo
 
 # -- run -------------------------------------------------------------------------------------------
 
-RUN_STEPS, RUN_POINTS, RUN_SEED = (4, 2, 4), 60, 3
+RUN_STEPS, RUN_POINTS, RUN_SEED = (4, 2, 3, 4), 60, 3
+RUN_SORTED = (2, 3, 4)
 OFFSETS = {"k-diffusion": 0.5, "diffusers": -1.5}  # the stand-ins' shifts of the state at sigma_min
 
 
@@ -504,19 +538,19 @@ def recomputed() -> dict[str, Any]:  # test-side only, so shared
 
 
 def test_run_sorts_warms_up_and_times_each_step_count(ran: Ran, recomputed: dict[str, Any]) -> None:
-    """(4, 2, 4) runs (2, 4); each sampler warms up on 8 points, then one timed sampling per step count."""
+    """(4, 2, 3, 4) runs (2, 3, 4); each sampler warms up on 8 points, then one timed sampling per step count."""
     result = ran.result
-    assert result.step_counts == (2, 4)
+    assert result.step_counts == RUN_SORTED
     assert result.device == "cpu"
     assert list(result.errors) == ["kdpm2", "k-diffusion", "diffusers"]
     assert list(result.seconds) == ["kdpm2", "k-diffusion", "diffusers"]
     assert result.missing == []
     for name in result.errors:
-        assert len(result.errors[name]) == 2
-        assert len(result.seconds[name]) == 2
+        assert len(result.errors[name]) == 3
+        assert len(result.seconds[name]) == 3
     x_start = recomputed["x_start"]
     for name, calls in ran.calls.items():
-        assert [steps for steps, _ in calls] == [2, 2, 4], name
+        assert [steps for steps, _ in calls] == [2, *RUN_SORTED], name
         assert torch.equal(calls[0][1], x_start[:8])
         assert all(torch.equal(x, x_start) for _, x in calls[1:])
     times = [s for values in result.seconds.values() for s in values]
@@ -538,18 +572,18 @@ def test_run_errors_against_a_recomputation(ran: Ran, recomputed: dict[str, Any]
     assert torch.equal(result.reference_path[0], x_start[:48])
     _assert_close(result.reference_path[-1], exact[:48], rtol=1e-12, atol=1e-12)
 
-    sample = demo.kdpm2_sampler(mixture.denoise, (2, 4))
-    for i, steps in enumerate((2, 4)):
+    sample = demo.kdpm2_sampler(mixture.denoise, RUN_SORTED)
+    for i, steps in enumerate(RUN_SORTED):
         final, before_last, path = sample(steps, x_start)
         assert result.errors["kdpm2"][i] == pytest.approx(_rms(before_last - exact), rel=1e-9)
         state = _dpm2(mixture.denoise, _karras(steps), x_start)[1][-1]
         for name, offset in OFFSETS.items():
             assert result.errors[name][i] == pytest.approx(_rms(state + offset - exact), rel=1e-9), name
-        if steps == 2:
+        if steps == 2:  # the smallest step count: its path
             assert len(result.kdpm2_path) == 3
             for got, want in zip(result.kdpm2_path, path, strict=True):
                 assert torch.equal(got, want)
-        else:
+        if steps == 4:  # the largest: its samples
             assert result.samples is not None
             assert result.samples.shape == (RUN_POINTS, 2)
             assert torch.equal(result.samples, final)
@@ -571,10 +605,37 @@ def test_run_default_device_and_progress(monkeypatch: pytest.MonkeyPatch, capsys
     assert result.device == "cpu"
     assert result.step_counts == (2, 3)
     err = capsys.readouterr().err
-    assert f": {demo.REFERENCE_STEPS}/{demo.REFERENCE_STEPS} (" in err
-    assert f": {demo.REFERENCE_STEPS // 2}/{demo.REFERENCE_STEPS // 2} (" in err
-    assert re.findall(r"\r[^\r]*: (\d+)/(\d+) \(", err)[-1] == ("2", "2"), "two sampling jobs"
+    steps, half = demo.REFERENCE_STEPS, demo.REFERENCE_STEPS // 2
+    assert f"\rreference ODE solve (RK4): {steps}/{steps} (" in err
+    assert f"\rreference ODE solve (RK4): {half}/{half} (" in err
+    assert re.findall(r"\r([^\r]*): (\d+)/(\d+) \(", err)[-1] == ("sampling", "2", "2"), "two sampling jobs"
     assert result.seconds["kdpm2"] == [0.75, 0.75], "the time between the clock readings around each sampling"
+
+
+def test_run_defaults_with_stand_ins(monkeypatch: pytest.MonkeyPatch) -> None:
+    """``run()``: 2000 points from seed 0, steps 8 .. 128, comparison asked for, CUDA or else the CPU."""
+    seen: dict[str, Any] = {"steps": []}
+
+    def solve(denoise: demo.Denoiser, x: torch.Tensor, *args: Any) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        seen["x_start"] = x
+        return x, [x[:48]]
+
+    def samplers(denoise: demo.Denoiser, step_counts: tuple[int, ...], compare: bool) -> Any:
+        seen["compare"], seen["step_counts"] = compare, step_counts
+        return {"kdpm2": lambda steps, x: (seen["steps"].append(steps), x, x, [x[:48]])[1:]}, []
+
+    monkeypatch.setattr(demo, "reference_solve", solve)
+    monkeypatch.setattr(demo, "available_samplers", samplers)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    result = demo.run()
+    sigma_max = _training_range()[1]
+    assert torch.equal(seen["x_start"], sigma_max * torch.randn(2000, 2, generator=_generator(0), dtype=torch.float64))
+    assert seen["compare"] is True
+    assert seen["step_counts"] == result.step_counts == (8, 16, 32, 64, 128)
+    assert seen["steps"] == [2, 8, 16, 32, 64, 128]
+    assert result.device == "cpu"
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    assert demo.run((2,), points=3, device="cpu").device == "cpu", "an explicit device wins over CUDA"
 
 
 def test_run_defaults_are_documented() -> None:
@@ -732,6 +793,8 @@ def test_plot_draws_samples_paths_and_errors(saved: list[tuple[Any, tuple[Any, .
     assert args == ("somewhere/figure.png",)
     samples, paths, errors = figure.axes
     assert len(figure.axes) == 3
+    geometry = [axes.get_subplotspec().get_geometry() for axes in figure.axes]
+    assert geometry == [(1, 3, 0, 0), (1, 3, 1, 1), (1, 3, 2, 2)], "three panels side by side"
 
     assert result.data is not None and result.samples is not None
     data_dots, sample_dots = samples.collections
@@ -741,6 +804,7 @@ def test_plot_draws_samples_paths_and_errors(saved: list[tuple[Any, tuple[Any, .
     assert labels[0] == "data"
     assert "kdpm2" in labels[1] and "9 steps" in labels[1]
     assert samples.get_aspect() == 1.0
+    assert samples.get_title() == "samples"
 
     fine = np.geomspace(10.0, 0.1, 7)
     exact = np.stack([p.numpy() for p in result.reference_path])[:, :24] / np.sqrt(1 + fine**2)[:, None, None]
@@ -771,12 +835,24 @@ def test_plot_draws_samples_paths_and_errors(saved: list[tuple[Any, tuple[Any, .
         np.testing.assert_array_equal(curve.get_xdata(), steps)
         np.testing.assert_array_equal(curve.get_ydata(), values)
     assert len({(c.get_marker(), c.get_linestyle()) for c in curves[:3]}) == 3, "each sampler its own style"
+    ours, *others = (c.get_markersize() for c in curves[:3])
+    assert all(ours > size for size in others), "our markers larger, so that the agreeing curves stay visible"
     slope = curves[-1]
     anchor = result.errors["kdpm2"][-1] / 2
     np.testing.assert_array_equal(slope.get_xdata(), steps)
     np.testing.assert_allclose(slope.get_ydata(), anchor * (steps / 9) ** -2.0, rtol=1e-13)
     assert [t.get_text() for t in errors.get_legend().get_texts()] == [*result.errors, "slope -2"]
-    assert "error" in errors.get_title()
+    assert "RMS error" in errors.get_title()
+
+
+@pytest.mark.parametrize("missing", ["samples", "data"])
+def test_plot_needs_samples_and_data(saved: list[tuple[Any, tuple[Any, ...], dict[str, Any]]], missing: str) -> None:
+    """A result without samples or without data is refused (AssertionError), nothing saved."""
+    result = _plotted_result()
+    setattr(result, missing, None)
+    with pytest.raises(AssertionError):
+        demo.plot(result, "x.png")
+    assert saved == []
 
 
 def test_plot_labels_the_step_axis_plainly(saved: list[tuple[Any, tuple[Any, ...], dict[str, Any]]]) -> None:
@@ -825,6 +901,30 @@ def test_progress_redraws_at_most_every_tenth_of_a_second(
     assert list(demo.progress(["a", "b", "c", "d", "e"], "L", 5)) == ["a", "b", "c", "d", "e"]
     drawn = [(1, times[0]), (3, times[2]), (5, times[4])]
     assert capsys.readouterr().err == "".join(f"\rL: {i}/5 ({t - start:.1f} s)" for i, t in drawn) + "\n"
+
+
+class _Stream:
+    """A stderr that logs what is written and when it is flushed."""
+
+    def __init__(self) -> None:
+        self.events: list[str] = []
+
+    def write(self, text: str) -> int:
+        self.events.append(text)
+        return len(text)
+
+    def flush(self) -> None:
+        self.events.append("<flush>")
+
+
+def test_progress_flushes_each_line(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each drawn line and the final newline reach the terminal at once (flushed), on stderr."""
+    stream = _Stream()
+    monkeypatch.setattr(sys, "stderr", stream)
+    _clock(monkeypatch, [0.0, 2.0, 3.0])
+    assert list(demo.progress("ab", "L", 2)) == ["a", "b"]
+    events = [e for e in stream.events if e]  # print may also write an empty end
+    assert events == ["\rL: 1/2 (2.0 s)", "<flush>", "\rL: 2/2 (3.0 s)", "<flush>", "\n", "<flush>"]
 
 
 def test_progress_throttles_a_fast_clock(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
@@ -895,6 +995,23 @@ def test_main_defaults(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFi
     assert capsys.readouterr().out.endswith(f"wrote {plotted[0]}\n")
 
 
+def test_main_without_matplotlib_says_so(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    """No matplotlib: one line telling how to install it after the report, no figure and no directory."""
+    result = _result((2, 5))
+    _fake_run(monkeypatch, result)
+    monkeypatch.setitem(sys.modules, "matplotlib", None)  # import matplotlib raises ImportError
+    demo.main((2, 5), out=str(tmp_path / "figure"), device="cpu")
+    out = capsys.readouterr().out
+    assert out.startswith(demo.report(result) + "\n")
+    last = out[len(demo.report(result)) + 1 :]
+    assert last.startswith("matplotlib is not installed")
+    assert "pip install matplotlib" in last
+    assert last.count("\n") == 1
+    assert not (tmp_path / "figure").exists()
+
+
 @pytest.mark.usefixtures("threads")
 def test_main_keeps_the_threads_on_cuda(monkeypatch: pytest.MonkeyPatch) -> None:
     """With CUDA chosen, torch's thread count is left alone."""
@@ -937,6 +1054,22 @@ def test_main_writes_the_png_into_a_new_directory(capsys: pytest.CaptureFixture[
     assert isinstance(result, demo.Result)
     assert result.step_counts == (2, 3)
     path = out / "kdpm2-demo.png"
-    assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    png = path.read_bytes()
+    assert png[:8] == b"\x89PNG\r\n\x1a\n"
+    documented = Path(__file__).parents[1] / "docs" / "images" / "demo.png"  # the figure on the home page
+    if documented.exists():
+        assert png[16:24] == documented.read_bytes()[16:24], "width and height as in the documented figure"
     assert capsys.readouterr().out == demo.report(result) + f"\nwrote {path}\n"
     assert torch.get_num_threads() == 2
+
+
+def test_k_diffusion_sampler_prints_no_progress_bar(capsys: pytest.CaptureFixture[str]) -> None:
+    """k-diffusion's own progress bar is disabled: the demo draws a single progress line of its own."""
+    pytest.importorskip("k_diffusion")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        sample = demo.k_diffusion_sampler(demo.Mixture.ring().denoise, (2,))
+    capsys.readouterr()
+    sample(2, _points(4, 0, 10.0))
+    captured = capsys.readouterr()
+    assert captured.err == "" and captured.out == ""

@@ -43,15 +43,19 @@ def _values(action: argparse.Action) -> str:
 
 
 def _rows(parser: argparse.ArgumentParser) -> list[str]:
-    """One table row per option of ``parser`` (``--help`` left out), help text as ``--help`` shows it."""
+    """One table per argument group of ``parser`` (``--help`` left out), help text as ``--help`` shows it."""
     formatter = parser._get_formatter()
-    lines = ["| option | values | meaning |", "|---|---|---|"]
-    for action in parser._actions:
-        if isinstance(action, argparse._HelpAction) or not action.option_strings:
+    lines = []
+    for group in parser._action_groups:
+        actions = [a for a in group._group_actions if a.option_strings and not isinstance(a, argparse._HelpAction)]
+        if not actions:
             continue
-        flags = ", ".join(f"`{flag}`" for flag in action.option_strings)
-        meaning = formatter._expand_help(action) if action.help else ""
-        lines.append(f"| {flags} | {_values(action)} | {_cell(meaning)} |")
+        lines += [f"**{_cell(group.title)}**", "", "| option | values | meaning |", "|---|---|---|"]
+        for action in actions:
+            flags = ", ".join(f"`{flag}`" for flag in action.option_strings)
+            meaning = formatter._expand_help(action) if action.help else ""
+            lines.append(f"| {flags} | {_values(action)} | {_cell(meaning)} |")
+        lines.append("")
     return lines
 
 
@@ -72,12 +76,12 @@ def reference() -> str:
     parser = cli.build_parser()
     commands = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
     helps = {choice.dest: choice.help for choice in commands._choices_actions}
-    lines = [INTRO]
+    lines = [INTRO, f"`{parser.prog}`: {_cell(parser.description)}", ""]
     for name, sub in commands.choices.items():
-        lines += [f"## `kdpm2 {name}`", "", _cell(helps[name]) + ".", "", _cell(sub.description), ""]
+        lines += [f"## `{sub.prog}`", "", _cell(helps[name]) + ".", "", _cell(sub.description), ""]
         required = _required_groups(sub)
         lines += [*required, ""] if required else []
-        lines += [*_rows(sub), ""]
+        lines += _rows(sub)
     return "\n".join(lines)
 
 

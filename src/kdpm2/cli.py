@@ -86,7 +86,7 @@ def add_scheduler_options(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("scheduler configuration (KDPM2DiscreteScheduler arguments)")
     for name, parameter in KDPM2DiscreteScheduler._init_parameters().items():
         flag = "--" + name.replace("_", "-")
-        group.add_argument(flag, dest=name, default=argparse.SUPPRESS, **_option_type(name, parameter))
+        group.add_argument(flag, default=argparse.SUPPRESS, **_option_type(name, parameter))  # dest: name
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -133,7 +133,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if args.command == "demo":
             return run_demo(args)
-        return run_schedule(args, parser)
+        return run_schedule(args)
     except (ValueError, TypeError) as error:
         print(f"kdpm2: error: {error}", file=sys.stderr)
         return 2
@@ -153,7 +153,7 @@ def run_demo(args: argparse.Namespace) -> int:
     return 0
 
 
-def run_schedule(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
+def run_schedule(args: argparse.Namespace) -> int:
     from kdpm2.scheduler import KDPM2DiscreteScheduler
 
     config = {name: getattr(args, name) for name in KDPM2DiscreteScheduler._init_parameters() if name in args}
