@@ -218,6 +218,17 @@ def test_sigma_families_equal_spec(family: str, n: int, bounds: tuple[float, flo
     np.testing.assert_allclose(got, SPEC_FAMILIES[family](n, lo, hi), rtol=1e-13, atol=0)
 
 
+def test_beta_family_without_scipy_says_what_to_install(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Beta sigmas need scipy; without it the ImportError names the package and the extra."""
+    import sys
+
+    monkeypatch.setitem(sys.modules, "scipy.stats", None)
+    with pytest.raises(
+        ImportError, match=r"^use_beta_sigmas=True needs scipy: pip install scipy \(or kdpm2\[beta\]\)$"
+    ):
+        tables.sigma_family("beta", 5, 0.1, 10.0)
+
+
 def test_sigma_family_rejects_unknown_names() -> None:
     """A family name that is not one of the three is an error, not a silent beta schedule."""
     with pytest.raises(ValueError, match=r"^family must be one of 'karras', 'exponential', 'beta'; got 'Beta'$"):
