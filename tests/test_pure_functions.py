@@ -312,6 +312,18 @@ def test_view_positions_read_metadata() -> None:
     strided = table[::2]
     assert lookup.view_positions(table[3], strided) is None  # between its elements
     assert lookup.view_positions(table[4], strided) == [2]
+    assert lookup.view_positions(table[7], sub) is None  # one past its end
+
+
+def test_view_positions_refuse_other_layouts() -> None:
+    """Same storage is not enough: another dtype, a 2-D table or view, or a zero-stride table give ``None``."""
+    table = torch.arange(10, dtype=torch.float32) * 1.5
+    assert lookup.view_positions(table.view(torch.int32)[3], table) is None  # same bytes, other dtype
+    square = table.view(2, 5)
+    assert lookup.view_positions(square[0, 1], square) is None  # 2-D table
+    assert lookup.view_positions(table[:4].view(2, 2), table) is None  # 2-D view inside the table
+    flat = torch.tensor(2.0).expand(4)
+    assert lookup.view_positions(flat[1], flat) is None  # every element at one address
 
 
 def test_as_float_rounds_to_the_schedule_dtype() -> None:
