@@ -341,3 +341,21 @@ def test_index_of_value_names_a_missing_timestep() -> None:
     assert lookup.index_of_value({5.0: 2}, 5.0, 5) == 2
     with pytest.raises(ValueError, match=r"timestep 4 is not in the schedule"):
         lookup.index_of_value({5.0: 2}, 4.0, 4)
+
+
+def test_second_order_without_churn_adds_no_noise() -> None:
+    """The default call (no churn) has a zero noise coefficient: no noise term is ever combined."""
+    for prediction in functional.PREDICTION_TYPES:
+        assert functional.second_order(3.0, 1.7, 1.1, prediction).noise == 0.0
+
+
+def test_apply_step_without_a_unit_coefficient_leaves_inputs_alone() -> None:
+    """With no coefficient equal to 1 the sum starts from a product: still a new tensor, inputs untouched."""
+    x = torch.linspace(-1.0, 1.0, 7)
+    m = torch.linspace(2.0, 3.0, 7)
+    before = (x.clone(), m.clone())
+    c = functional.Coefficients(stored=0.0, sample=2.0, model=0.5, noise=0.0, x0_sample=2.0, x0_model=-1.5)
+    prev, x0 = functional.apply_step(c, x, m)
+    torch.testing.assert_close(prev, 2.0 * x + 0.5 * m)
+    torch.testing.assert_close(x0, 2.0 * x - 1.5 * m)
+    assert torch.equal(x, before[0]) and torch.equal(m, before[1])
