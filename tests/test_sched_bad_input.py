@@ -242,6 +242,22 @@ def test_custom_schedule_messages(kwargs, message):
         ({"beta_end": True}, TypeError, "beta_end must be a finite real number; got True"),
         ({"s_noise": "1"}, TypeError, "s_noise must be a finite real number; got '1'"),
         ({"beta_start": None}, TypeError, "beta_start must be a finite real number; got None"),
+        (
+            {"prediction_type": "x0"},
+            ValueError,
+            "prediction_type must be one of 'epsilon', 'v_prediction', 'sample'; got 'x0'",
+        ),
+        (
+            {"timestep_spacing": "uniform"},
+            ValueError,
+            "timestep_spacing must be one of 'linspace', 'leading', 'trailing'; got 'uniform'",
+        ),
+        (
+            {"sigma_interpolation": "cubic"},
+            ValueError,
+            "sigma_interpolation must be one of 'linear', 'log'; got 'cubic'",
+        ),
+        ({"steps_offset": -1}, ValueError, "steps_offset must be at least 0; got -1"),
         ({"s_tmin": -0.5}, ValueError, "s_tmin must be at least 0.0; got -0.5"),
         ({"s_tmax": -1}, ValueError, "s_tmax must be at least 0.0; got -1"),
         ({"sigma_max": 0.0}, ValueError, "sigma_max must be greater than 0.0; got 0.0"),

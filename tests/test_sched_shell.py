@@ -595,3 +595,15 @@ def test_available_says_whether_triton_imports() -> None:
     import importlib.util
 
     assert triton_step.available() == (importlib.util.find_spec("triton") is not None)
+
+
+def test_half_sample_with_float32_model_output_computes_in_float32() -> None:
+    """A float16 sample with a float32 model output gives float32 outputs (torch's promotion), as the spec's values."""
+    ours, ref = pair(3)
+    x, eps = tensors(dtype=torch.float32)
+    half = x.to(torch.float16)
+    t = ours.timesteps[0]
+    out = ours.step(eps, t, half)
+    assert out.prev_sample.dtype == out.pred_original_sample.dtype == torch.float32
+    want = ref.step(eps.double().numpy(), float(t), half.double().numpy())
+    np.testing.assert_allclose(out.prev_sample.double().numpy(), want.prev_sample, rtol=1e-6, atol=1e-6)
