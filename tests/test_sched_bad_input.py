@@ -258,6 +258,13 @@ def test_custom_schedule_messages(kwargs, message):
             "sigma_interpolation must be one of 'linear', 'log'; got 'cubic'",
         ),
         ({"steps_offset": -1}, ValueError, "steps_offset must be at least 0; got -1"),
+        ({"beta_end": 0.0}, ValueError, "beta_end must be greater than 0.0; got 0.0"),
+        ({"beta_end": -0.5}, ValueError, "beta_end must be greater than 0.0; got -0.5"),
+        (
+            {"use_karras_sigmas": True, "use_beta_sigmas": True},
+            ValueError,
+            "use_karras_sigmas, use_exponential_sigmas and use_beta_sigmas: at most one may be True",
+        ),
         ({"s_tmin": -0.5}, ValueError, "s_tmin must be at least 0.0; got -0.5"),
         ({"s_tmax": -1}, ValueError, "s_tmax must be at least 0.0; got -1"),
         ({"sigma_max": 0.0}, ValueError, "sigma_max must be greater than 0.0; got 0.0"),
