@@ -259,6 +259,7 @@ def test_custom_schedule_messages(kwargs, message):
         ),
         ({"steps_offset": -1}, ValueError, "steps_offset must be at least 0; got -1"),
         ({"beta_end": 0.0}, ValueError, "beta_end must be greater than 0.0; got 0.0"),
+        ({"sigma_min": 0.0}, ValueError, "sigma_min must be greater than 0.0; got 0.0"),
         ({"beta_end": -0.5}, ValueError, "beta_end must be greater than 0.0; got -0.5"),
         (
             {"use_karras_sigmas": True, "use_beta_sigmas": True},

@@ -557,6 +557,18 @@ def test_custom_sigmas_quantized_and_churned_equal_reference(churn: float) -> No
     np.testing.assert_allclose(ours.sigmas.numpy(), ref.sigmas, rtol=1e-6)
 
 
+def test_unchurned_steps_keep_their_timesteps() -> None:
+    """Outside the churn window a step keeps its spaced timestep (no sigma -> timestep round trip)."""
+    config = {"s_churn": 1.5, "s_tmin": 0.5, "s_tmax": 8.0}
+    ours, ref = pair(10, **config)
+    plain, _ = pair(10)
+    np.testing.assert_allclose(ours.timesteps.numpy(), ref.timesteps, rtol=1e-6)
+    main = plain.sigmas[:-2:2]  # the unchurned sigma of each step
+    keep = (main < 0.5) | (main > 8.0)
+    assert bool(keep.any()) and not bool(keep.all())
+    assert torch.equal(ours.timesteps[::2][keep], plain.timesteps[::2][keep])
+
+
 def test_discarding_the_penultimate_sigma_allows_one_step_fewer() -> None:
     """With ``discard_penultimate_sigma`` the longest schedule is ``num_train_timesteps - 1`` steps."""
     ours = KDPM2DiscreteScheduler(num_train_timesteps=100, discard_penultimate_sigma=True)
