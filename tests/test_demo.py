@@ -1,8 +1,9 @@
 """The demo's functions one by one, fast (a few points and steps), for the mutation run.
 
-Every expected value is a closed form, an independent computation written here (numpy, torch,
-k-diffusion's ``sample_dpm_2``, diffusers), the spec package or the documentation. The slow
-end-to-end demo tests (order about 2 at 16 .. 64 steps, the command line) are in ``test_cli.py``.
+Every expected value is a closed form, an independent computation written here (numpy, torch: the
+posterior mean, RK4, DPM-Solver-2), the spec package or the documentation. k-diffusion and diffusers
+are imported only by the tests of their samplers; ``run`` is tested with stand-ins for them. The
+slow end-to-end demo tests (order about 2 at 16 .. 64 steps, the command line) are in ``test_cli.py``.
 """
 
 from __future__ import annotations
@@ -494,14 +495,19 @@ OFFSETS = {"k-diffusion": 0.5, "diffusers": -1.5}  # the stand-ins' shifts of th
 
 @dataclass
 class Ran:
+    """A run's result, its wall time and the stand-ins' calls ``(steps, x)``."""
+
     result: demo.Result
     wall: float
     calls: dict[str, list[tuple[int, torch.Tensor]]]
 
 
 @pytest.fixture
-def ran() -> Ran:
-    """A small run (per test, so that mutmut credits each test with run) with stand-ins for k-diffusion and diffusers (DPM-2 written out, shifted), recording calls."""
+def ran(monkeypatch: pytest.MonkeyPatch) -> Ran:
+    """A small run with stand-ins for k-diffusion and diffusers (DPM-2 written out, shifted), recording calls.
+
+    Per test, not per module: mutmut selects the tests that call a function, fixtures included.
+    """
     calls: dict[str, list[tuple[int, torch.Tensor]]] = {name: [] for name in OFFSETS}
 
     def stand_in(name: str) -> Any:
@@ -515,12 +521,11 @@ def ran() -> Ran:
 
         return make
 
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(demo, "k_diffusion_sampler", stand_in("k-diffusion"))
-        patch.setattr(demo, "diffusers_sampler", stand_in("diffusers"))
-        start = time.perf_counter()
-        result = demo.run(RUN_STEPS, points=RUN_POINTS, seed=RUN_SEED, device="cpu", compare=True)
-        wall = time.perf_counter() - start
+    monkeypatch.setattr(demo, "k_diffusion_sampler", stand_in("k-diffusion"))
+    monkeypatch.setattr(demo, "diffusers_sampler", stand_in("diffusers"))
+    start = time.perf_counter()
+    result = demo.run(RUN_STEPS, points=RUN_POINTS, seed=RUN_SEED, device="cpu", compare=True)
+    wall = time.perf_counter() - start
     return Ran(result, wall, calls)
 
 
