@@ -359,3 +359,11 @@ def test_apply_step_without_a_unit_coefficient_leaves_inputs_alone() -> None:
     torch.testing.assert_close(prev, 2.0 * x + 0.5 * m)
     torch.testing.assert_close(x0, 2.0 * x - 1.5 * m)
     assert torch.equal(x, before[0]) and torch.equal(m, before[1])
+
+
+def test_churn_window_includes_both_ends() -> None:
+    """Algorithm 2 churns where ``s_tmin <= sigma <= s_tmax``: a sigma equal to either end is churned."""
+    sigmas = torch.tensor([8.0, 4.0, 2.0, 1.0, 0.0], dtype=torch.float64)
+    gamma = min(1.0 / 4, math.sqrt(2) - 1)  # s_churn / n, capped
+    hat = tables.churned_sigmas(sigmas, 1.0, 2.0, 4.0)
+    assert hat.tolist() == [8.0, 4.0 * (1 + gamma), 2.0 * (1 + gamma), 1.0]
