@@ -86,7 +86,8 @@ def add_scheduler_options(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("scheduler configuration (KDPM2DiscreteScheduler arguments)")
     for name, parameter in KDPM2DiscreteScheduler._init_parameters().items():
         flag = "--" + name.replace("_", "-")
-        group.add_argument(flag, default=argparse.SUPPRESS, **_option_type(name, parameter))  # dest: name
+        # argparse names the destination after the flag: --use-karras-sigmas -> use_karras_sigmas
+        group.add_argument(flag, default=argparse.SUPPRESS, **_option_type(name, parameter))
 
 
 def build_parser() -> argparse.ArgumentParser:
