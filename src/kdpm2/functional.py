@@ -117,3 +117,101 @@ def apply_step(
     prev = _combine(prev_terms, sample)
     x0 = _combine([(c.x0_sample, sample), (c.x0_model, model_output)], sample)
     return prev, x0
+
+
+# -- per-call tables: the coefficients of every call, for the host and for a device counter -----
+
+FIRST, SECOND = 0, 1
+"""Row blocks of :class:`CallTables`: a call made in first order (no stored sample) or second order."""
+
+
+class CallTables(NamedTuple):
+    """Every call's coefficients, computed once per schedule, for both orders a call can take.
+
+    ``coefficients[order][k]`` is call ``k``'s :class:`Coefficients` in that order (second order
+    at ``k = 0`` cannot happen and is all zeros); ``scales[order][k]`` is the model-input divisor
+    ``sqrt(sigma^2 + 1)``; ``live[order]`` says which of the six coefficients are non-zero at some
+    call, so that a traced step leaves out the terms that are zero at every call.
+    """
+
+    coefficients: tuple[list[Coefficients], list[Coefficients]]
+    scales: tuple[list[float], list[float]]
+    live: tuple[tuple[bool, ...], tuple[bool, ...]]
+
+    def as_tensor(self) -> torch.Tensor:
+        """``(2, num_calls, 7)`` float64: the six coefficients, then the scale, per order and call."""
+        rows = [
+            [[*c, s] for c, s in zip(cs, ss, strict=True)]
+            for cs, ss in zip(self.coefficients, self.scales, strict=True)
+        ]
+        return torch.tensor(rows, dtype=torch.float64)
+
+
+def call_tables(
+    sigmas: list[float],
+    sigmas_interpol: list[float],
+    num_calls: int,
+    prediction_type: str,
+    s_churn: float = 0.0,
+    s_noise: float = 1.0,
+) -> CallTables:
+    """Coefficients and input scales of calls ``0 .. num_calls - 1`` from the interleaved host tables.
+
+    A first-order call ``k`` moves from ``sigmas[k]`` to ``sigmas_interpol[k + 1]``; a
+    second-order call ``k`` moves the stored sample from ``sigmas[k - 1]`` to ``sigmas[k]`` with
+    the slope at ``sigmas_interpol[k]``, plus churn noise lifting it to ``sigmas[k + 1]`` when
+    ``s_churn > 0`` and a call follows. These are the values ``step`` would compute per call.
+    """
+    zero = Coefficients(0.0, 0.0, 0.0, 0.0, 0.0, 0.0)
+    first = [first_order(sigmas[k], sigmas_interpol[k + 1], prediction_type) for k in range(num_calls)]
+    second = [zero]
+    for k in range(1, num_calls):
+        churn = 0.0
+        if s_churn > 0 and k + 1 < num_calls:
+            churn = s_noise * math.sqrt(max(sigmas[k + 1] ** 2 - sigmas[k] ** 2, 0.0))
+        second.append(second_order(sigmas[k - 1], sigmas_interpol[k], sigmas[k], prediction_type, churn))
+    scales = (
+        [math.sqrt(sigmas[k] * sigmas[k] + 1.0) for k in range(num_calls)],
+        [math.sqrt(sigmas_interpol[k] * sigmas_interpol[k] + 1.0) for k in range(num_calls)],
+    )
+    live = tuple(tuple(any(c[i] != 0.0 for c in cs) for i in range(6)) for cs in (first, second))
+    return CallTables((first, second), scales, (live[0], live[1]))
+
+
+def compute_dtype(dtype: torch.dtype) -> torch.dtype:
+    """The dtype a step computes in: float32 for half precision and float32, else ``dtype``."""
+    return torch.float32 if dtype in _UPCAST else dtype
+
+
+def apply_step_row(
+    row: torch.Tensor,
+    live: tuple[bool, ...],
+    sample: torch.Tensor,
+    model_output: torch.Tensor,
+    stored: torch.Tensor | None = None,
+    noise: torch.Tensor | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """:func:`apply_step` with the coefficients in a device tensor ``row`` (no host value read).
+
+    ``row`` holds the six coefficients (a row of :meth:`CallTables.as_tensor`); terms whose
+    coefficient is zero at every call (``live``) are left out, the others are multiplied in the
+    compute dtype (at least float32) and the sum is rounded once to ``sample.dtype``. Because no
+    coefficient is a Python number, a traced call is the same graph for every call of one order.
+    """
+    dtype = compute_dtype(sample.dtype)
+    c = row.to(device=sample.device, dtype=dtype)
+    x, m = sample.to(dtype), model_output.to(dtype)
+    inputs = (stored, x, m, noise)
+    prev = None
+    for i in (1, 2, 0, 3):  # sample, model, stored, noise: the order apply_step sums in
+        t = inputs[i]
+        if live[i] and t is not None:
+            term = c[i] * t.to(dtype)
+            prev = term if prev is None else prev + term
+    x0 = None
+    for i, t in ((4, x), (5, m)):
+        if live[i]:
+            x0 = c[i] * t if x0 is None else x0 + c[i] * t
+    prev = torch.zeros_like(x) if prev is None else prev
+    x0 = torch.zeros_like(x) if x0 is None else x0
+    return prev.to(sample.dtype), x0.to(sample.dtype)

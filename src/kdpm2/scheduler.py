@@ -236,6 +236,11 @@ class KDPM2DiscreteScheduler(ConfigMixin):
         self._index_values = host_t.tolist()
         self._index_of = lookup.first_or_second_index(self._index_values)
         self._time_dtype = time_dtype
+        self._calls = functional.call_tables(
+            self._host_sigmas, self._host_interpol, len(self._index_values), c.prediction_type, c.s_churn, c.s_noise
+        )
+        self._call_table = _to_device(self._calls.as_tensor(), device, torch.float64)
+        self._step_counter: torch.Tensor | None = None
         self.sigmas = built.sigmas.to(torch.float32)
         self.sigmas_interpol = _to_device(built.sigmas_interpol, device, torch.float32)
         self.log_sigmas = _to_device(log_sigmas, device, torch.float32)
@@ -256,7 +261,13 @@ class KDPM2DiscreteScheduler(ConfigMixin):
 
     @property
     def step_index(self) -> int | None:
-        """Index of the next call in ``timesteps``; ``None`` before the first call."""
+        """Index of the next call in ``timesteps``; ``None`` before the first call.
+
+        After a compiled call the index lives in a device counter, and reading it here waits for
+        the device (one sync).
+        """
+        if self._step_counter is not None:
+            return int(self._step_counter)
         return self._step_index
 
     @property
@@ -303,26 +314,47 @@ class KDPM2DiscreteScheduler(ConfigMixin):
         else:
             self._step_index = self._begin_index
 
-    def _call_sigma(self, k: int) -> float:
-        return self._host_sigmas[k] if self.state_in_first_order else self._host_interpol[k]
-
     # -- calls --------------------------------------------------------------------------------
 
     def scale_model_input(self, sample: torch.Tensor, timestep: float | torch.Tensor | None = None) -> torch.Tensor:
         """The model input ``sample / sqrt(sigma^2 + 1)`` at this call's noise level."""
         validation.tensor("sample", sample)
-        if self._step_index is None:
-            self._init_step_index(timestep)  # type: ignore[arg-type]
-        k = self._step_index
-        assert k is not None
-        if k >= self._num_calls:
-            raise ValueError(f"the schedule has {self._num_calls} calls and all have run; call set_timesteps again")
-        sigma = self._call_sigma(k)
-        return sample / math.sqrt(sigma * sigma + 1.0)
+        if self._step_counter is not None or torch.compiler.is_compiling():
+            row = self._device_row(timestep)  # type: ignore[arg-type]
+            dtype = functional.compute_dtype(sample.dtype)
+            return (sample.to(dtype) / row[6].to(device=sample.device, dtype=dtype)).to(sample.dtype)
+        k = self._host_index(timestep, "the schedule has {} calls and all have run; call set_timesteps again")  # type: ignore[arg-type]
+        return sample / self._calls.scales[0 if self.sample is None else 1][k]
 
     @property
     def _num_calls(self) -> int:
         return len(self._index_values)
+
+    def _host_index(
+        self, timestep: float | torch.Tensor, past_end: str = "step past the end of the schedule: all {} calls have run"
+    ) -> int:
+        """This call's index on the host (found from ``timestep`` on the first call); raises past the end."""
+        if self._step_index is None:
+            self._init_step_index(timestep)
+        k = self._step_index
+        assert k is not None
+        if k >= self._num_calls:
+            raise ValueError(past_end.format(self._num_calls))
+        return k
+
+    def _device_row(self, timestep: float | torch.Tensor) -> torch.Tensor:
+        """This call's row of the call table (7 values), indexed by the device step counter.
+
+        The first call of this kind moves the host index into a device counter, which later calls
+        advance in place: a traced step then reads no Python number that changes from call to
+        call, so ``torch.compile`` makes one graph per order instead of one per call, and a CUDA
+        graph of a call can be replayed for every call of that order.
+        """
+        if self._step_counter is None:
+            k = self._host_index(timestep)
+            self._step_counter = torch.full((), k, dtype=torch.int64, device=self._call_table.device)
+        order = functional.FIRST if self.sample is None else functional.SECOND
+        return self._call_table[order].index_select(0, self._step_counter.reshape(1))[0]
 
     def step(
         self,
@@ -335,39 +367,40 @@ class KDPM2DiscreteScheduler(ConfigMixin):
         """Advance one model call: first order to the midpoint, or second order to the next sigma.
 
         ``generator`` feeds the churn noise when ``s_churn > 0``. Inputs are never modified.
+        Under ``torch.compile`` (and in eager calls after a compiled one) the call's coefficients
+        come from the device call table; past the end of the schedule that lookup fails.
         """
         validation.tensor("model_output", model_output)
         validation.tensor("sample", sample)
         if model_output.shape != sample.shape:
             raise ValueError(f"model_output shape {tuple(model_output.shape)} != sample shape {tuple(sample.shape)}")
-        if self._step_index is None:
-            self._init_step_index(timestep)
-        k = self._step_index
-        assert k is not None
-        if k >= self._num_calls:
-            raise ValueError(f"step past the end of the schedule: all {self._num_calls} calls have run")
-        c = self.config
+        on_device = self._step_counter is not None or torch.compiler.is_compiling()
+        k = -1 if on_device else self._host_index(timestep)
+        first = self.sample is None
         dtype = sample.dtype
         if model_output.dtype != dtype:
             dtype = torch.promote_types(dtype, model_output.dtype)
             sample, model_output = sample.to(dtype), model_output.to(dtype)
-        noise = None
-        if self.state_in_first_order:
-            coefficients = functional.first_order(self._host_sigmas[k], self._host_interpol[k + 1], c.prediction_type)
-            stored = None
-        else:
-            sigma, mid, target = self._host_sigmas[k - 1], self._host_interpol[k], self._host_sigmas[k]
-            churn = 0.0
-            if c.s_churn > 0 and k + 1 < self._num_calls:
-                churn = c.s_noise * math.sqrt(max(self._host_sigmas[k + 1] ** 2 - target**2, 0.0))
+        noise = stored = None
+        if not first:
+            if self.config.s_churn > 0 and (on_device or k + 1 < self._num_calls):
                 noise = _randn(sample, generator)
-            coefficients = functional.second_order(sigma, mid, target, c.prediction_type, churn)
             stored = self.sample
             if stored is not None and stored.dtype != dtype:
                 stored = stored.to(dtype)
-        prev_sample, x0 = _apply(coefficients, sample, model_output, stored, noise)
-        self.sample = sample if self.state_in_first_order else None
-        self._step_index = k + 1
+        if on_device:
+            row = self._device_row(timestep)
+            prev_sample, x0 = functional.apply_step_row(
+                row, self._calls.live[0 if first else 1], sample, model_output, stored, noise
+            )
+            assert self._step_counter is not None
+            self._step_counter.add_(1)
+        else:
+            prev_sample, x0 = _apply(
+                self._calls.coefficients[0 if first else 1][k], sample, model_output, stored, noise
+            )
+            self._step_index = k + 1
+        self.sample = sample if first else None
         if not return_dict:
             return prev_sample, x0
         return KDPM2DiscreteSchedulerOutput(prev_sample=prev_sample, pred_original_sample=x0)
@@ -393,6 +426,10 @@ class KDPM2DiscreteScheduler(ConfigMixin):
         count = max(timesteps.numel(), 1)
         if self._begin_index is None:
             sigma = self._lookup_sigmas(timesteps.reshape(-1), original_samples)
+        elif self._step_counter is not None:  # after a compiled call: gather at the device counter
+            counter = self._step_counter.to(original_samples.device).reshape(1)
+            sigma = self._sigmas_on(original_samples.device, original_samples.dtype).index_select(0, counter)
+            sigma = sigma.expand(count)
         else:
             index = self._step_index if self._step_index is not None else self._begin_index
             value = self._host_sigmas[index]
