@@ -66,38 +66,81 @@ _UPCAST = (torch.float16, torch.bfloat16)
 """Dtypes combined in float32 and rounded once at the end."""
 
 
-def _combine(terms: list[tuple[float, torch.Tensor]], like: torch.Tensor) -> torch.Tensor:
-    """``sum(c * t)`` in at least float32, rounded once to ``like.dtype``; skips zero coefficients.
+class Sum(NamedTuple):
+    """A planned ``sum(c * t)``: start from input ``first`` times ``scale``, then add ``rest`` in order.
 
-    The first term with coefficient 1 starts the sum (no multiply); the others follow in order,
-    each as one ``torch.add(acc, t, alpha=c)``. Only float16/bfloat16 inputs are converted.
+    Inputs are numbered as :func:`apply_step` takes them: 0 sample, 1 model output, 2 stored, 3 noise.
     """
+
+    first: int
+    scale: float
+    rest: tuple[tuple[int, float], ...]
+
+
+def plan_sum(terms: list[tuple[float, int]]) -> Sum | None:
+    """The plan of ``sum(c * input_i)`` over ``(c, i)`` terms; ``None`` when every coefficient is 0.
+
+    Zero coefficients are skipped; the first term with coefficient 1 starts the sum (no multiply),
+    the others follow in order.
+    """
+    live = [(c, i) for c, i in terms if c != 0.0]
+    if not live:
+        return None
+    first = next((j for j, (c, _) in enumerate(live) if c == 1.0), 0)
+    c0, i0 = live.pop(first)
+    return Sum(i0, c0, tuple((i, c) for c, i in live))
+
+
+def plan_step(coefficients: Coefficients, stored: bool, noise: bool) -> tuple[Sum | None, Sum | None]:
+    """Plans of ``prev`` and ``x0`` for one call, given which optional inputs it has."""
+    c = coefficients
+    prev_terms = [(c.sample, 0), (c.model, 1)]
+    if stored:
+        prev_terms.append((c.stored, 2))
+    if noise:
+        prev_terms.append((c.noise, 3))
+    return plan_sum(prev_terms), plan_sum([(c.x0_sample, 0), (c.x0_model, 1)])
+
+
+def run_sum(plan: Sum | None, inputs: tuple[torch.Tensor | None, ...], like: torch.Tensor) -> torch.Tensor:
+    """A planned sum in at least float32, rounded once to ``like.dtype``; one ``add`` per later term.
+
+    Only float16/bfloat16 inputs are converted; a lone unit term is cloned, so the result is
+    never an input.
+    """
+    if plan is None:
+        return torch.zeros_like(like)
     dtype = like.dtype
     upcast = dtype in _UPCAST
-    live = [(c, t) for c, t in terms if c != 0.0]
-    if not live:
-        return torch.zeros_like(like)
-    first = 0
-    for i, (c, _) in enumerate(live):
-        if c == 1.0:
-            first = i
-            break
-    c0, t0 = live.pop(first)
+    t0: torch.Tensor = inputs[plan.first]  # type: ignore[assignment]
     if upcast:
         t0 = t0.float()
+    c0, rest = plan.scale, plan.rest
     if c0 != 1.0:
         acc = t0 * c0
-    elif live or upcast:
+    elif rest or upcast:
         acc = t0  # a later add or the final rounding makes the result a new tensor
     else:
         acc = t0.clone()
     fresh = c0 != 1.0 or upcast  # acc is ours: accumulate in place (fewer allocations, same values)
-    for c, t in live:
+    for i, c in rest:
         if fresh:
-            acc.add_(t, alpha=c)  # type promotion reads half inputs as float32
+            acc.add_(inputs[i], alpha=c)  # type: ignore[arg-type]  # type promotion reads half as float32
         else:
-            acc, fresh = torch.add(acc, t, alpha=c), True
+            acc, fresh = torch.add(acc, inputs[i], alpha=c), True  # type: ignore[arg-type]
     return acc.to(dtype) if upcast else acc
+
+
+def run_step(
+    plans: tuple[Sum | None, Sum | None],
+    sample: torch.Tensor,
+    model_output: torch.Tensor,
+    stored: torch.Tensor | None = None,
+    noise: torch.Tensor | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(prev_sample, pred_original_sample)`` from the plans of :func:`plan_step`."""
+    inputs = (sample, model_output, stored, noise)
+    return run_sum(plans[0], inputs, sample), run_sum(plans[1], inputs, sample)
 
 
 def apply_step(
@@ -108,15 +151,8 @@ def apply_step(
     noise: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """``(prev_sample, pred_original_sample)`` of one call with plain torch ops (any device)."""
-    c = coefficients
-    prev_terms = [(c.sample, sample), (c.model, model_output)]
-    if stored is not None:
-        prev_terms.append((c.stored, stored))
-    if noise is not None:
-        prev_terms.append((c.noise, noise))
-    prev = _combine(prev_terms, sample)
-    x0 = _combine([(c.x0_sample, sample), (c.x0_model, model_output)], sample)
-    return prev, x0
+    plans = plan_step(coefficients, stored is not None, noise is not None)
+    return run_step(plans, sample, model_output, stored, noise)
 
 
 # -- per-call tables: the coefficients of every call, for the host and for a device counter -----
@@ -131,12 +167,17 @@ class CallTables(NamedTuple):
     ``coefficients[order][k]`` is call ``k``'s :class:`Coefficients` in that order (second order
     at ``k = 0`` cannot happen and is all zeros); ``scales[order][k]`` is the model-input divisor
     ``sqrt(sigma^2 + 1)``; ``live[order]`` says which of the six coefficients are non-zero at some
-    call, so that a traced step leaves out the terms that are zero at every call.
+    call, so that a traced step leaves out the terms that are zero at every call. Computed once,
+    these spare each eager call its coefficient math and term planning.
     """
 
     coefficients: tuple[list[Coefficients], list[Coefficients]]
     scales: tuple[list[float], list[float]]
     live: tuple[tuple[bool, ...], tuple[bool, ...]]
+    noise: list[bool]
+    """``noise[k]``: a second-order call ``k`` draws churn noise (``s_churn > 0`` and a call follows)."""
+    plans: tuple[list[tuple[Sum | None, Sum | None]], list[tuple[Sum | None, Sum | None]]]
+    """:func:`plan_step` of each call and order, for the eager torch path."""
 
     def as_tensor(self) -> torch.Tensor:
         """``(2, num_calls, 7)`` float64: the six coefficients, then the scale, per order and call."""
@@ -175,7 +216,12 @@ def call_tables(
         [math.sqrt(sigmas_interpol[k] * sigmas_interpol[k] + 1.0) for k in range(num_calls)],
     )
     live = tuple(tuple(any(c[i] != 0.0 for c in cs) for i in range(6)) for cs in (first, second))
-    return CallTables((first, second), scales, (live[0], live[1]))
+    noise = [s_churn > 0 and 0 < k < num_calls - 1 for k in range(num_calls)]
+    plans = (
+        [plan_step(c, False, False) for c in first],
+        [plan_step(c, True, n) for c, n in zip(second, noise, strict=True)],
+    )
+    return CallTables((first, second), scales, (live[0], live[1]), noise, plans)
 
 
 def compute_dtype(dtype: torch.dtype) -> torch.dtype:

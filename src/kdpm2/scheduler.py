@@ -383,7 +383,7 @@ class KDPM2DiscreteScheduler(ConfigMixin):
             sample, model_output = sample.to(dtype), model_output.to(dtype)
         noise = stored = None
         if not first:
-            if self.config.s_churn > 0 and (on_device or k + 1 < self._num_calls):
+            if self._calls.noise[k] or (on_device and self._calls.noise[1:2] == [True]):
                 noise = _randn(sample, generator)
             stored = self.sample
             if stored is not None and stored.dtype != dtype:
@@ -396,9 +396,9 @@ class KDPM2DiscreteScheduler(ConfigMixin):
             assert self._step_counter is not None
             self._step_counter.add_(1)
         else:
-            prev_sample, x0 = _apply(
-                self._calls.coefficients[0 if first else 1][k], sample, model_output, stored, noise
-            )
+            order = 0 if first else 1
+            coefficients, plans = self._calls.coefficients[order][k], self._calls.plans[order][k]
+            prev_sample, x0 = _apply(coefficients, sample, model_output, stored, noise, plans)
             self._step_index = k + 1
         self.sample = sample if first else None
         if not return_dict:
@@ -460,14 +460,20 @@ def _apply(
     model_output: torch.Tensor,
     stored: torch.Tensor | None,
     noise: torch.Tensor | None,
+    plans: tuple[functional.Sum | None, functional.Sum | None] | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """The fused CUDA kernel where it applies, else the plain torch combination."""
+    """The fused CUDA kernel where it applies, else the plain torch combination.
+
+    ``plans`` (from the call table) spare the torch path its per-call planning of the sums.
+    """
     if sample.is_cuda:
         from kdpm2 import triton_step
 
         if triton_step.supports(sample, model_output, stored, noise):
             return triton_step.apply_step(coefficients, sample, model_output, stored, noise)
-    return functional.apply_step(coefficients, sample, model_output, stored, noise)
+    if plans is None:
+        return functional.apply_step(coefficients, sample, model_output, stored, noise)
+    return functional.run_step(plans, sample, model_output, stored, noise)
 
 
 def _to_device(table: torch.Tensor, device: str | torch.device | None, dtype: torch.dtype) -> torch.Tensor:
