@@ -66,6 +66,18 @@ def bench(session: nox.Session) -> None:
     )
 
 
+@nox.session(venv_backend="none", default=False)
+def cuda(session: nox.Session) -> None:
+    """Check and time the GPU path in one call of at most 8 minutes (``bench/gpu_check.py --device cuda``).
+
+    Runs with the machine's own ``python3`` and torch (no virtualenv, no network): wheels from
+    ``.whl/`` fill in diffusers and k-diffusion; results go to ``out/gpu-check/`` (posargs are the
+    script's options, e.g. ``-- --out /tmp/results --budget 420``). Without nox:
+    ``python3 bench/gpu_check.py --device cuda``.
+    """
+    session.run("python3", "bench/gpu_check.py", "--device", "cuda", *session.posargs, external=True)
+
+
 @nox.session
 def demo(session: nox.Session) -> None:
     """Run the demo: sample a closed-form Gaussian problem and print the error."""
