@@ -192,3 +192,31 @@ def test_eager_calls_after_a_compiled_one_continue_the_loop() -> None:
             torch.testing.assert_close(s.add_noise(x, noise, t), reference.add_noise(x, noise, t), rtol=0, atol=0)
     for a, b in zip(got, want, strict=True):
         torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
+def test_cuda_inductor_loop_is_sync_free_makes_three_graphs_and_equals_eager(dtype) -> None:
+    """On CUDA: inductor fullgraph loop, at most 3 graphs, no host sync after warm-up, equal to eager."""
+    eager = KDPM2DiscreteScheduler()
+    eager.set_timesteps(STEPS, device="cuda")
+    eager.set_begin_index(0)
+    x = start(eager, dtype).cuda()
+    want = run_loop(eager, call_of(eager), x)
+
+    s = KDPM2DiscreteScheduler()
+    backend = Counting("inductor")
+    compiled = torch.compile(call_of(s), backend=backend, fullgraph=True)
+    for sync_mode in ("default", "error"):  # the first loop compiles, the second must not sync
+        s.set_timesteps(STEPS, device="cuda")
+        s.set_begin_index(0)
+        torch.cuda.set_sync_debug_mode(sync_mode)
+        try:
+            got = run_loop(s, compiled, x)
+        finally:
+            torch.cuda.set_sync_debug_mode("default")
+    assert backend.graphs <= MAX_GRAPHS
+    tol = {"rtol": 2e-6, "atol": 2e-6} if dtype == torch.float32 else {"rtol": 1e-2, "atol": 1e-2}
+    for i, (a, b) in enumerate(zip(got, want, strict=True)):
+        torch.testing.assert_close(a, b, **tol, msg=lambda m, i=i: f"call {i // 2}: {m}")
