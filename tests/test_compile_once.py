@@ -220,3 +220,22 @@ def test_cuda_inductor_loop_is_sync_free_makes_three_graphs_and_equals_eager(dty
     tol = {"rtol": 2e-6, "atol": 2e-6} if dtype == torch.float32 else {"rtol": 1e-2, "atol": 1e-2}
     for i, (a, b) in enumerate(zip(got, want, strict=True)):
         torch.testing.assert_close(a, b, **tol, msg=lambda m, i=i: f"call {i // 2}: {m}")
+
+
+def test_compiled_loop_without_begin_index_finds_the_first_index_on_the_device() -> None:
+    """No ``set_begin_index``: the first traced call locates its timestep on the device (no host read)."""
+    eager = KDPM2DiscreteScheduler(prediction_type="v_prediction")
+    eager.set_timesteps(8)
+    x = start(eager, torch.float64)
+    want = run_loop(eager, call_of(eager), x)
+    s = KDPM2DiscreteScheduler(prediction_type="v_prediction")
+    s.set_timesteps(8)
+    backend = Counting()
+    got = run_loop(s, torch.compile(call_of(s), backend=backend, fullgraph=True), x)
+    assert backend.graphs <= MAX_GRAPHS
+    for a, b in zip(got, want, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
+
+    s.set_timesteps(8)
+    with pytest.raises(RuntimeError, match="not in the schedule"):
+        torch.compile(call_of(s), backend=Counting(), fullgraph=True)(x, torch.tensor(0.5))

@@ -351,10 +351,27 @@ class KDPM2DiscreteScheduler(ConfigMixin):
         graph of a call can be replayed for every call of that order.
         """
         if self._step_counter is None:
-            k = self._host_index(timestep)
-            self._step_counter = torch.full((), k, dtype=torch.int64, device=self._call_table.device)
+            traced_lookup = self._step_index is None and self._begin_index is None and torch.compiler.is_compiling()
+            if traced_lookup and isinstance(timestep, torch.Tensor):
+                self._step_counter = self._traced_index(timestep)
+            else:
+                k = self._host_index(timestep)
+                self._step_counter = torch.full((), k, dtype=torch.int64, device=self._call_table.device)
         order = functional.FIRST if self.sample is None else functional.SECOND
         return self._call_table[order].index_select(0, self._step_counter.reshape(1))[0]
+
+    def _traced_index(self, timestep: torch.Tensor) -> torch.Tensor:
+        """The first call's index found on the device (diffusers' rule), for a traced call without a begin index.
+
+        A host lookup reads storage pointers, which ``torch.compile`` cannot trace; a timestep not
+        in the schedule fails the device assertion instead of a ``ValueError``.
+        """
+        table = self.timesteps
+        if timestep.numel() != 1:
+            raise ValueError(f"timestep must be a single value; got shape {tuple(timestep.shape)}")
+        indices, found = lookup.device_indices(timestep.reshape(1).to(table.device), table)
+        torch._assert_async(found.all(), "timestep is not in the schedule (see scheduler.timesteps)")
+        return indices[0].to(device=self._call_table.device, dtype=torch.int64)
 
     def step(
         self,
