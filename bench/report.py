@@ -71,6 +71,7 @@ def markdown(machine: dict, table: list[dict], name: str) -> str:
         "",
         f"Run {machine.get('datetime', '?')} on {cpu} ({machine.get('cpu', {}).get('count', '?')} cores), "
         f"torch threads {sorted(t for t in threads if t is not None)}, from `{machine.get('file', '?')}`.",
+        f"Devices: {', '.join(sorted({str(r['extra'].get('device_name', '?')) for r in table}))}.",
         "Times are per scheduler call (a round's time over `calls_per_round`); speedup = baseline / ours.",
         "",
         "| group | baseline | ours median (us) | baseline median (us) | speedup (median) | speedup (min) |",
