@@ -19,7 +19,8 @@ import numpy as np
 import pytest
 import torch
 
-from kdpm2 import KDPM2DiscreteScheduler
+from helpers_kernel import calls, exact, inputs, ulp
+from kdpm2 import KDPM2DiscreteScheduler, functional
 from kdpm2_spec import Reference
 
 SHAPE = (1, 2, 4, 4)
@@ -239,3 +240,28 @@ def test_compiled_loop_without_begin_index_finds_the_first_index_on_the_device()
     s.set_timesteps(8)
     with pytest.raises(RuntimeError, match="not in the schedule"):
         torch.compile(call_of(s), backend=Counting(), fullgraph=True)(x, torch.tensor(0.5))
+
+
+@pytest.mark.parametrize(("name", "c", "stored", "noise"), calls(), ids=[k[0] for k in calls()])
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float32])
+def test_row_step_rounds_once_from_float32(name, c, stored, noise, dtype) -> None:
+    """``apply_step_row`` (coefficients in a tensor): half within one ulp of float64, float32 to 1e-6."""
+    args = inputs((3, 4, 5), dtype, stored, noise)
+    row = torch.tensor([*c, 1.0], dtype=torch.float64)
+    got = functional.apply_step_row(row, (True,) * 6, *args)
+    want, size = exact(c, *args), exact(c, *args, magnitude=True)
+    for g, w, m in zip(got, want, size, strict=True):
+        assert g.dtype == dtype
+        err = (g.double() - w).abs()
+        bound = ulp(w, dtype) if dtype != torch.float32 else 1e-6 * (m + 1e-30)
+        assert bool((err <= bound).all()), f"{name} {dtype}: max error {float(err.max()):.3g}"
+
+
+def test_call_tables_leave_out_terms_zero_at_every_call() -> None:
+    """epsilon: a second-order call never reads the sample for ``prev``; sample prediction: x0 is the output."""
+    s = KDPM2DiscreteScheduler()
+    s.set_timesteps(5)
+    assert s._calls.live[functional.SECOND] == (True, False, True, False, True, True)
+    s = KDPM2DiscreteScheduler(prediction_type="sample")
+    s.set_timesteps(5)
+    assert not s._calls.live[functional.FIRST][4] and s._calls.live[functional.FIRST][5]

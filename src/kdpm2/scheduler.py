@@ -1,8 +1,11 @@
 """``KDPM2DiscreteScheduler``: diffusers' public surface over the pure tables and step functions.
 
 The shell keeps the schedule twice: as torch tensors in diffusers' layout (the public attributes)
-and as host float64 lists, from which each call's coefficients are computed without touching the
-device. The step index is a host integer, so a denoising loop never waits for the GPU.
+and as host float64 lists, from which ``set_timesteps`` computes every call's coefficients once
+(``functional.call_tables``), on the host and as a small device table. The step index is a host
+integer, so an eager loop never waits for the GPU. Under ``torch.compile`` the index moves into a
+device counter that each call advances in place and the coefficients are read from the device
+table, so one graph serves every call of an order instead of one graph per call.
 """
 
 from __future__ import annotations
