@@ -126,3 +126,36 @@ def test_cpu_dry_run_writes_every_result(tmp_path: Path, capsys: pytest.CaptureF
     assert "| overhead cpu step 1-element float32 | floor |" in (out / "cpu.md").read_text()
     assert (tmp_path / "gpu-check.tar.gz").exists()
     assert "| report | passed |" in printed
+
+
+def fake_wheel(folder: Path, name: str, module: str) -> Path:
+    """A minimal pure-Python wheel holding one module."""
+    import zipfile
+
+    info = f"{name}-0.1.dist-info"
+    path = folder / f"{name}-0.1-py3-none-any.whl"
+    files = {
+        f"{module}.py": "VALUE = 42\n",
+        f"{info}/METADATA": f"Metadata-Version: 2.1\nName: {name}\nVersion: 0.1\n",
+        f"{info}/WHEEL": "Wheel-Version: 1.0\nGenerator: test\nRoot-Is-Purelib: true\nTag: py3-none-any\n",
+    }
+    files[f"{info}/RECORD"] = "".join(f"{f},,\n" for f in [*files, f"{info}/RECORD"])
+    with zipfile.ZipFile(path, "w") as archive:
+        for f, text in files.items():
+            archive.writestr(f, text)
+    return path
+
+
+def test_install_puts_missing_modules_beside_and_leaves_torch(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A missing module is installed from the wheel folder into the private site; a torch wheel is not."""
+    wheels = tmp_path / "whl"
+    wheels.mkdir()
+    fake_wheel(wheels, "kdpm2_fake_dep", "kdpm2_fake_dep")
+    (wheels / "torch-9.9-cp312-cp312-manylinux_2_28_x86_64.whl").write_bytes(b"not a wheel")
+    monkeypatch.setattr(gc, "NEEDED", ("kdpm2_fake_dep",))
+    run = gc.Run(tmp_path / "out", budget=120.0, device="cpu", quick=True, site=tmp_path / "site")
+    step = gc.install(run, wheels)
+    assert step.status == "passed", (tmp_path / "out" / "install.log").read_text()
+    assert (tmp_path / "site" / "kdpm2_fake_dep.py").exists()
+    assert not list((tmp_path / "site").glob("torch*"))
+    assert gc.missing_modules(run.env()) == []
