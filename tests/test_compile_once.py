@@ -265,3 +265,14 @@ def test_call_tables_leave_out_terms_zero_at_every_call() -> None:
     s = KDPM2DiscreteScheduler(prediction_type="sample")
     s.set_timesteps(5)
     assert not s._calls.live[functional.FIRST][4] and s._calls.live[functional.FIRST][5]
+
+
+def test_a_config_rewritten_after_set_timesteps_is_used_by_the_next_step() -> None:
+    """``register_to_config(prediction_type=...)`` after ``set_timesteps`` (diffusers reads the config per call)."""
+    patched, fresh = KDPM2DiscreteScheduler(), KDPM2DiscreteScheduler(prediction_type="v_prediction")
+    for s in (patched, fresh):
+        s.set_timesteps(6)
+    patched.register_to_config(prediction_type="v_prediction")
+    x = start(fresh, torch.float64)
+    for a, b in zip(run_loop(patched, call_of(patched), x), run_loop(fresh, call_of(fresh), x), strict=True):
+        assert torch.equal(a, b)

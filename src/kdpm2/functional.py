@@ -176,6 +176,8 @@ class CallTables(NamedTuple):
     live: tuple[tuple[bool, ...], tuple[bool, ...]]
     noise: list[bool]
     """``noise[k]``: a second-order call ``k`` draws churn noise (``s_churn > 0`` and a call follows)."""
+    churn: bool
+    """``s_churn > 0``: a second-order call counted on the device always draws noise (unused at the end)."""
     plans: tuple[list[tuple[Sum | None, Sum | None]], list[tuple[Sum | None, Sum | None]]]
     """:func:`plan_step` of each call and order, for the eager torch path."""
 
@@ -221,7 +223,7 @@ def call_tables(
         [plan_step(c, False, False) for c in first],
         [plan_step(c, True, n) for c, n in zip(second, noise, strict=True)],
     )
-    return CallTables((first, second), scales, (live[0], live[1]), noise, plans)
+    return CallTables((first, second), scales, (live[0], live[1]), noise, s_churn > 0, plans)
 
 
 def compute_dtype(dtype: torch.dtype) -> torch.dtype:

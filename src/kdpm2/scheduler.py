@@ -239,10 +239,7 @@ class KDPM2DiscreteScheduler(ConfigMixin):
         self._index_values = host_t.tolist()
         self._index_of = lookup.first_or_second_index(self._index_values)
         self._time_dtype = time_dtype
-        self._calls = functional.call_tables(
-            self._host_sigmas, self._host_interpol, len(self._index_values), c.prediction_type, c.s_churn, c.s_noise
-        )
-        self._call_table = _to_device(self._calls.as_tensor(), device, torch.float64)
+        self._build_calls()
         self._step_counter: torch.Tensor | None = None
         self.sigmas = built.sigmas.to(torch.float32)
         self.sigmas_interpol = _to_device(built.sigmas_interpol, device, torch.float32)
@@ -251,6 +248,15 @@ class KDPM2DiscreteScheduler(ConfigMixin):
         self.sample: torch.Tensor | None = None
         self._step_index: int | None = None
         self._begin_index: int | None = None
+
+    def _build_calls(self) -> None:
+        """Every call's coefficients for the current config (again when a pipeline rewrote it)."""
+        c = self.config
+        self._calls = functional.call_tables(
+            self._host_sigmas, self._host_interpol, len(self._index_values), c.prediction_type, c.s_churn, c.s_noise
+        )
+        self._call_table = _to_device(self._calls.as_tensor(), self.timesteps.device, torch.float64)
+        self._calls_config = self._internal_dict
 
     @property
     def init_noise_sigma(self) -> torch.Tensor:
@@ -394,6 +400,8 @@ class KDPM2DiscreteScheduler(ConfigMixin):
         validation.tensor("sample", sample)
         if model_output.shape != sample.shape:
             raise ValueError(f"model_output shape {tuple(model_output.shape)} != sample shape {tuple(sample.shape)}")
+        if self._internal_dict is not self._calls_config:  # register_to_config since set_timesteps
+            self._build_calls()
         on_device = self._step_counter is not None or torch.compiler.is_compiling()
         k = -1 if on_device else self._host_index(timestep)
         first = self.sample is None
@@ -403,7 +411,7 @@ class KDPM2DiscreteScheduler(ConfigMixin):
             sample, model_output = sample.to(dtype), model_output.to(dtype)
         noise = stored = None
         if not first:
-            if self._calls.noise[k] or (on_device and self._calls.noise[1:2] == [True]):
+            if self._calls.churn if on_device else self._calls.noise[k]:
                 noise = _randn(sample, generator)
             stored = self.sample
             if stored is not None and stored.dtype != dtype:
