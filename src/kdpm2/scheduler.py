@@ -323,6 +323,10 @@ class KDPM2DiscreteScheduler(ConfigMixin):
         else:
             self._step_index = self._begin_index
 
+    def _call_sigma(self, k: int) -> float:
+        """The noise level of call ``k`` in the current order (what ``scale_model_input`` scales for)."""
+        return self._host_sigmas[k] if self.state_in_first_order else self._host_interpol[k]
+
     # -- calls --------------------------------------------------------------------------------
 
     def scale_model_input(self, sample: torch.Tensor, timestep: float | torch.Tensor | None = None) -> torch.Tensor:
