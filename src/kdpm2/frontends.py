@@ -64,10 +64,13 @@ def quantized_timesteps(sigmas: torch.Tensor, log_sigmas: torch.Tensor) -> torch
 
 
 def continuous_timesteps(sigmas: torch.Tensor, log_sigmas: torch.Tensor) -> torch.Tensor:
-    """k-diffusion's ``sigma_to_t``: the two bracketing log entries blended linearly, in float32, clamped."""
+    """k-diffusion's ``sigma_to_t``: the two bracketing log entries blended linearly, in float32, clamped.
+
+    ``log_sigmas`` must increase (training tables do).
+    """
     log_sigma = sigmas.to(F32).log()
-    above = (log_sigma[None, :] - log_sigmas[:, None]).ge(0)
-    low = above.cumsum(dim=0).argmax(dim=0).clamp(max=len(log_sigmas) - 2)
+    # k-diffusion: the last entry with log_sigma - entry >= 0 (exactly entry <= log_sigma), else 0
+    low = (torch.searchsorted(log_sigmas, log_sigma, right=True) - 1).clamp(0, len(log_sigmas) - 2)
     lo, hi = log_sigmas[low], log_sigmas[low + 1]
     w = ((lo - log_sigma) / (lo - hi)).clamp(0, 1)
     return (1 - w) * low + w * (low + 1)
