@@ -25,11 +25,11 @@ import torch
 ROOT = Path(__file__).resolve().parents[2]
 sys.path[:0] = [str(ROOT / "src"), str(ROOT / "spec"), str(ROOT / "tests")]
 
-from helpers_sched import CONFIGS, STEP_COUNTS, pair, run_loop  # noqa: E402
 from k_diffusion import sampling  # noqa: E402
-from test_sched_parity import _exact_diffusers, first_timestep_repeats, latents  # noqa: E402
 
+from helpers_sched import CONFIGS, STEP_COUNTS, pair, run_loop  # noqa: E402
 from kdpm2 import KDPM2DiscreteScheduler, presets  # noqa: E402
+from test_sched_parity import _exact_diffusers, first_timestep_repeats, latents  # noqa: E402
 
 PARITY = Path(os.environ.get("KDPM2_PARITY_DIR", ROOT.parent / "shared" / "parity"))
 LABELS = {"a1111/automatic": "Karras"}
@@ -52,7 +52,9 @@ def front_end_loop(case: dict, noise: torch.Tensor) -> torch.Tensor:
 
 
 def presets_against_figures() -> None:
-    print("| preset | cases | calls | max rel. sigma diff | timesteps differing | init noise rel. diff | loop rel. diff |")
+    print(
+        "| preset | cases | calls | max rel. sigma diff | timesteps differing | init noise rel. diff | loop rel. diff |"
+    )
     print("|---|---|---|---|---|---|---|")
     noise = torch.randn((2, 4, 8, 8), generator=torch.Generator().manual_seed(0))
     for name in presets.NAMES:
@@ -71,11 +73,15 @@ def presets_against_figures() -> None:
                 sig = max(sig, abs(ours - up[0]) / up[0])
                 ts += t != up[1]
                 calls += 1
-            init = max(init, abs(float(scheduler.init_noise_sigma) - case["init_noise_scale"]) / case["init_noise_scale"])
+            init = max(
+                init, abs(float(scheduler.init_noise_sigma) - case["init_noise_scale"]) / case["init_noise_scale"]
+            )
             expected = front_end_loop(case, noise)
             sample = noise * scheduler.init_noise_sigma
             for t in scheduler.timesteps:
-                sample = scheduler.step(stand_in(scheduler.scale_model_input(sample, t), float(t)), t, sample).prev_sample
+                sample = scheduler.step(
+                    stand_in(scheduler.scale_model_input(sample, t), float(t)), t, sample
+                ).prev_sample
             loop = max(loop, float((sample - expected).abs().max() / expected.abs().max()))
         print(f"| `{name}` | {len(cases)} | {calls} | {sig:.3g} | {int(ts)} | {init:.3g} | {loop:.3g} |")
 
