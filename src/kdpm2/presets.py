@@ -4,20 +4,21 @@ A preset fixes everything a front-end decides for DPM2 on an LDM-style model (SD
 its float64-built training table, the schedule rule, the discarded next-to-last sigma, the float32
 midpoints, the timestep the model receives, and the factor on the initial noise
 (``init_noise_sigma``). Build one with ``KDPM2DiscreteScheduler.from_preset(name, config)``: the
-preset's settings replace what a loaded pipeline config says (``timestep_spacing="leading"``,
-``steps_offset=1``...), and ``preset`` is saved in the config, so a save/load round trip keeps it.
+preset's settings replace what a loaded pipeline config says (``timestep_spacing="leading"``, the
+sigma flags...; its ``steps_offset=1`` is kept, and has no effect), and ``preset`` is saved in the
+config, so a save/load round trip keeps it.
 
-==========================  ===========================================================
-``comfyui/normal``          KSampler ``dpm_2``, scheduler ``normal``
-``comfyui/karras``          ... ``karras``
-``comfyui/exponential``     ... ``exponential``
-``comfyui/simple``          ... ``simple``
-``comfyui/sgm_uniform``     ... ``sgm_uniform``
-``a1111/automatic``         "DPM2", schedule type "Automatic" (= Karras since A1111 1.9)
-``a1111/uniform``           "DPM2", "Uniform" (also "DPM2" before 1.9)
-``a1111/karras``            "DPM2", "Karras" (also "DPM2 Karras" before 1.9)
-``a1111/exponential``       "DPM2", "Exponential"
-==========================  ===========================================================
+| name | front-end setting |
+|---|---|
+| `comfyui/normal` | KSampler `dpm_2`, scheduler `normal` |
+| `comfyui/karras` | ... `karras` |
+| `comfyui/exponential` | ... `exponential` |
+| `comfyui/simple` | ... `simple` |
+| `comfyui/sgm_uniform` | ... `sgm_uniform` |
+| `a1111/automatic` | "DPM2", schedule type "Automatic" (= Karras since A1111 1.9) |
+| `a1111/uniform` | "DPM2", "Uniform" (also "DPM2" before 1.9) |
+| `a1111/karras` | "DPM2", "Karras" (also "DPM2 Karras" before 1.9) |
+| `a1111/exponential` | "DPM2", "Exponential" |
 
 Names are matched without regard to case (``"a1111/Karras"`` works).
 """
