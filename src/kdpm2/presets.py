@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import functools
 import logging
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -195,10 +195,11 @@ def spaced(name: str, n: int, table: frontends.Table) -> torch.Tensor:
     return frontends.discard_penultimate(sigmas).to(F64)
 
 
-def timestep_rule(name: str, table: frontends.Table) -> Callable[[torch.Tensor], torch.Tensor]:
-    """The front-end's sigma-to-timestep map (float32 arithmetic, float64 result)."""
+def timesteps(name: str, sigmas: torch.Tensor, config: Mapping[str, Any]) -> torch.Tensor:
+    """The timesteps the front-end's UNet receives at ``sigmas`` (float32 arithmetic, float64 result)."""
+    table = training_table(name, config)
     rule = frontends.quantized_timesteps if get(name).frontend == "comfyui" else frontends.continuous_timesteps
-    return lambda sigmas: rule(sigmas, table.log_sigmas).to(F64)
+    return rule(sigmas, table.log_sigmas).to(F64)
 
 
 def midpoints(sigmas: torch.Tensor, following: torch.Tensor) -> torch.Tensor:

@@ -225,14 +225,11 @@ class KDPM2DiscreteScheduler(ConfigMixin):
         quantize = c.quantize_timesteps
 
         def timestep_of(s: torch.Tensor) -> torch.Tensor:
+            if c.preset is not None:
+                return presets.timesteps(c.preset, s, c)
             return tables.sigma_to_t(s, log_sigmas, quantize)
 
-        midpoint = None
-        if c.preset is not None:
-            timestep_of, midpoint = (
-                presets.timestep_rule(c.preset, presets.training_table(c.preset, c)),
-                presets.midpoints,
-            )
+        midpoint = presets.midpoints if c.preset is not None else None
         if sigmas is not None:
             main_sigmas = torch.from_numpy(validation.custom_sigmas(sigmas))
             main_t = timestep_of(main_sigmas[:-1])
