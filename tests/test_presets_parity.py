@@ -70,6 +70,12 @@ def recorded(preset: str, label: str, steps: int) -> dict[str, Any]:
     return matches[0]
 
 
+@functools.cache
+def scheduler_for(preset: str) -> KDPM2DiscreteScheduler:
+    """One scheduler per preset (each test calls ``set_timesteps``, which resets its state)."""
+    return KDPM2DiscreteScheduler.from_preset(preset)
+
+
 def model_calls(scheduler: KDPM2DiscreteScheduler) -> list[tuple[float, float, float]]:
     """(sigma, timestep, c_in) per model call, as a diffusers loop sees them (c_in from scale_model_input)."""
     sigmas, interpol = scheduler.sigmas.tolist(), scheduler.sigmas_interpol.tolist()
@@ -89,7 +95,7 @@ def f32(x: float) -> float:
 @pytest.mark.parametrize(("preset", "label", "steps"), case_ids(), ids=lambda v: str(v))
 def test_calls_equal_upstream_figures(preset, label, steps):
     case = recorded(preset, label, steps)
-    scheduler = KDPM2DiscreteScheduler.from_preset(preset)
+    scheduler = scheduler_for(preset)
     scheduler.set_timesteps(steps)
     ours = model_calls(scheduler)
     where = f"[from_preset({preset!r}).set_timesteps({steps})]"
@@ -230,7 +236,7 @@ def test_schedule_equals_k_diffusion(preset, n):
         return x * 0.5
 
     sampling.sample_dpm_2(denoiser, torch.ones(1, 1), sigmas, disable=True)
-    scheduler = KDPM2DiscreteScheduler.from_preset(preset)
+    scheduler = scheduler_for(preset)
     scheduler.set_timesteps(n)
     ours = [(s, t) for s, t, _ in model_calls(scheduler)]
     assert ours == recorded_calls, f"(sigma, timestep) per call differ from k-diffusion [{preset}, n={n}]"
