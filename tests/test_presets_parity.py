@@ -240,3 +240,29 @@ def test_schedule_equals_k_diffusion(preset, n):
     scheduler.set_timesteps(n)
     ours = [(s, t) for s, t, _ in model_calls(scheduler)]
     assert ours == recorded_calls, f"(sigma, timestep) per call differ from k-diffusion [{preset}, n={n}]"
+
+
+def test_comfyui_near_ties_pick_upstream_index():
+    """The calls upstream lists as float32 near-ties (832.5 -> 833, 166.5 -> 166, 499.49997 -> 499...)."""
+    ties = figures("comfyui")["metadata"]["near_ties"]
+    assert ties, "the figures list no near-ties"
+    for tie in ties:
+        scheduler = scheduler_for(preset_of("comfyui", tie["scheduler"]))
+        scheduler.set_timesteps(tie["steps"])
+        got = float(scheduler.timesteps[tie["call"]])
+        assert got == tie["chosen"], (
+            f"{tie['scheduler']} n={tie['steps']} call {tie['call']}: {got} not {tie['chosen']}"
+        )
+
+
+@pytest.mark.parametrize(("preset", "label", "steps"), [("comfyui/normal", "normal", 6), ("a1111/karras", "Karras", 5)])
+def test_cli_prints_upstream_calls(preset, label, steps, capsys):
+    from kdpm2 import cli
+
+    case = recorded(preset, label, steps)
+    assert cli.main(["schedule", "--preset", preset, "--steps", str(steps), "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert abs(out["init_noise_scale"] - case["init_noise_scale"]) <= 1e-7 * case["init_noise_scale"]
+    for k, ((sigma, t, c_in), (up_sigma, up_t, up_c_in)) in enumerate(zip(out["calls"], case["calls"], strict=True)):
+        assert (f32(sigma), t) == (up_sigma, up_t), f"kdpm2 schedule --preset {preset}: call {k}"
+        assert abs(c_in - up_c_in) <= 2 * F32_EPS * up_c_in, f"kdpm2 schedule --preset {preset}: c_in of call {k}"
