@@ -9,7 +9,8 @@ Run from the repository root, with ``../shared/parity`` beside the clone (or ``K
    timesteps that differ, the largest relative difference of the initial-noise factor, and of
    a float32 loop against ``sample_dpm_2`` fed the recorded sigmas and timesteps.
 2. ``squaredcos_cap_v2`` loops against diffusers (float32, the stand-in model of
-   ``tests/test_sched_parity.py``), and both against diffusers' loop on float64 tables.
+   ``tests/test_sched_parity.py``), and both against diffusers' loop on float64 tables; with
+   2000 training steps, both against the spec's float64 loop.
 """
 
 from __future__ import annotations
@@ -27,8 +28,9 @@ sys.path[:0] = [str(ROOT / "src"), str(ROOT / "spec"), str(ROOT / "tests")]
 
 from k_diffusion import sampling  # noqa: E402
 
-from helpers_sched import CONFIGS, STEP_COUNTS, pair, run_loop  # noqa: E402
+from helpers_sched import CONFIGS, STEP_COUNTS, pair, run_loop, stand_in_model  # noqa: E402
 from kdpm2 import KDPM2DiscreteScheduler, presets  # noqa: E402
+from kdpm2_spec import Reference  # noqa: E402
 from test_sched_parity import _exact_diffusers, first_timestep_repeats, latents  # noqa: E402
 
 PARITY = Path(os.environ.get("KDPM2_PARITY_DIR", ROOT.parent / "shared" / "parity"))
@@ -112,7 +114,42 @@ def cosine_v_prediction() -> None:
         )
 
 
+def spec_loop(kwargs: dict, n: int, x: torch.Tensor) -> torch.Tensor:
+    """The same loop on the spec (``kdpm2_spec.Reference``, NumPy float64)."""
+    ref = Reference(**kwargs)
+    ref.set_timesteps(n)
+    sample = x.double().numpy() * float(ref.init_noise_sigma)
+    for t in ref.timesteps:
+        output = stand_in_model(torch.from_numpy(ref.scale_model_input(sample, t)), float(t)).numpy()
+        sample = ref.step(output, t, sample).prev_sample
+    return torch.from_numpy(sample)
+
+
+def cosine_2000_training_steps() -> None:
+    """The default options with 2000 training steps (the grid above has 1000), and against the spec."""
+    import diffusers
+
+    x = latents()
+    for prediction in ("epsilon", "v_prediction"):
+        kwargs = {"num_train_timesteps": 2000, "beta_schedule": "squaredcos_cap_v2", "prediction_type": prediction}
+        worst = (0.0, 0, 0.0, 0.0)
+        for n in STEP_COUNTS:
+            expected, _ = run_loop(diffusers.KDPM2DiscreteScheduler(**kwargs), n, x)
+            actual, _ = run_loop(KDPM2DiscreteScheduler(**kwargs), n, x)
+            exact = spec_loop(kwargs, n, x)
+            err = float((actual - expected).abs().max() / expected.abs().max())
+            ours = float((actual.double() - exact).abs().max() / exact.abs().max())
+            theirs = float((expected.double() - exact).abs().max() / exact.abs().max())
+            worst = max(worst, (err, n, ours, theirs))
+        err, n, ours, theirs = worst
+        print(
+            f"squaredcos_cap_v2 {prediction}, 2000 training steps, linspace: ours vs diffusers up to {err:.3g} "
+            f"(n={n}); there against the spec's float64 loop: ours {ours:.3g}, diffusers {theirs:.3g}"
+        )
+
+
 if __name__ == "__main__":
     torch.set_num_threads(1)
     presets_against_figures()
     cosine_v_prediction()
+    cosine_2000_training_steps()
