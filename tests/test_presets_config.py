@@ -7,14 +7,18 @@ upstream's figures in ``test_presets_parity.py``), or diffusers' own config obje
 from __future__ import annotations
 
 import copy
+import functools
 import json
 
 import pytest
 import torch
 from diffusers import EulerDiscreteScheduler
 from diffusers import KDPM2DiscreteScheduler as DiffusersKDPM2
+from hypothesis import given
+from hypothesis import strategies as st
 
 from kdpm2 import KDPM2DiscreteScheduler, cli, presets
+from kdpm2_spec import strategies as ks
 
 SD15 = dict(
     EulerDiscreteScheduler(
@@ -42,6 +46,19 @@ def test_pipeline_config_is_overridden(name):
     assert tables(loaded, 10) == tables(KDPM2DiscreteScheduler.from_preset(name), 10), name
     plain = KDPM2DiscreteScheduler.from_config(SD15)
     assert tables(plain, 10)[1] != tables(loaded, 10)[1], "the SD 1.5 config alone must give other sigmas"
+
+
+@functools.cache
+def plain_preset(name: str) -> tuple:
+    return tables(KDPM2DiscreteScheduler.from_preset(name), 8)
+
+
+@given(name=st.sampled_from(presets.NAMES), config=ks.configs(ks.supported_args(KDPM2DiscreteScheduler)))
+def test_any_sd_config_gives_the_preset(name, config):
+    """Whatever spacing, offset, flags, family or churn a config holds, the preset's schedule wins."""
+    config.update(num_train_timesteps=1000, beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear")
+    config.pop("trained_betas", None)
+    assert tables(KDPM2DiscreteScheduler.from_preset(name, config), 8) == plain_preset(name), config
 
 
 def test_diffusers_kdpm2_config_too():
@@ -77,6 +94,8 @@ def test_unknown_or_mistyped_name():
         KDPM2DiscreteScheduler.from_preset(3)  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="preset must be one of"):
         KDPM2DiscreteScheduler(preset="karras")
+    with pytest.raises(ValueError, match=r"beta_schedule='linear'; KDPM2DiscreteScheduler.from_preset\(name\) sets it"):
+        KDPM2DiscreteScheduler(preset="comfyui/normal")  # the constructor's default betas are diffusers' "linear"
 
 
 def test_override_that_contradicts_the_preset_is_refused():

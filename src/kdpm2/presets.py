@@ -155,7 +155,10 @@ def check(config: Mapping[str, Any]) -> str:
     ``ValueError`` names the first argument that differs and points to ``from_preset``.
     """
     preset = get(config["preset"])
-    _check_training(preset, config, "configuration")
+    try:
+        _check_training(preset, config, "configuration")
+    except ValueError as error:
+        raise ValueError(f"{error}; KDPM2DiscreteScheduler.from_preset(name) sets it") from None
     for key, value in preset.settings().items():
         if key != "preset" and config[key] != value:
             raise ValueError(
