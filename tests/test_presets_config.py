@@ -139,6 +139,7 @@ def test_training_table_is_ldm_float64():
     betas = torch.linspace(0.00085**0.5, 0.012**0.5, 1000, dtype=torch.float64) ** 2
     exact = torch.cumprod(1 - betas, dim=0).float()
     assert torch.equal(scheduler.alphas_cumprod, exact)
+    assert torch.equal(scheduler.betas, betas.float())
     diffusers_table = DiffusersKDPM2(beta_schedule="scaled_linear").alphas_cumprod
     assert not torch.equal(diffusers_table, exact), "diffusers' float32 table differs, or this test proves nothing"
 

@@ -142,6 +142,8 @@ class KDPM2DiscreteScheduler(ConfigMixin):
         self.alphas = 1.0 - self.betas
         self.alphas_cumprod = torch.cumprod(self.alphas, dim=0)
         if preset is not None:  # the front-ends' float64 LDM table, stored in float32
+            self.betas = tables.ldm_betas(num_train_timesteps, beta_start, beta_end).float()
+            self.alphas = 1.0 - self.betas
             self.alphas_cumprod = tables.ldm_alphas_cumprod(num_train_timesteps, beta_start, beta_end).float()
         # diffusers builds the full-length schedule here; with the discard it has one step fewer
         self.set_timesteps(num_train_timesteps - 1 if discard_penultimate_sigma else num_train_timesteps)
@@ -153,8 +155,9 @@ class KDPM2DiscreteScheduler(ConfigMixin):
         """A scheduler that reproduces front-end sampler ``name`` (see ``kdpm2.presets.NAMES``).
 
         ``config`` (a loaded pipeline's ``scheduler.config``, say) gives the training schedule's size
-        and ends and the prediction type; the preset's settings replace its spacing, offsets and
-        flags. ``overrides`` may set anything the preset leaves open (``prediction_type``...).
+        and ends and the prediction type; the preset's settings replace its spacing and flags (its
+        ``steps_offset`` is kept and has no effect). ``overrides`` may set anything the preset leaves
+        open (``prediction_type``...).
         """
         return cls.from_config(presets.configure(name, config, overrides))
 

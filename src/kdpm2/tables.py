@@ -32,16 +32,20 @@ def train_betas(
     return (1 - alpha_bar[1:] / alpha_bar[:-1]).clamp(max=0.999).to(torch.float32)
 
 
-def ldm_alphas_cumprod(num_train_timesteps: int, beta_start: float, beta_end: float) -> torch.Tensor:
-    """float64 ``alphas_cumprod`` of LDM's "linear" betas (diffusers' ``scaled_linear``), as LDM builds them.
+def ldm_betas(num_train_timesteps: int, beta_start: float, beta_end: float) -> torch.Tensor:
+    """float64 betas of LDM's "linear" schedule (diffusers' ``scaled_linear``), as LDM builds them.
 
     LDM, ComfyUI and AUTOMATIC1111 square a float64 ``linspace`` of the square roots and take the
-    cumulative product in float64; diffusers does the same arithmetic in float32, which moves the
-    training sigmas by up to 1.3e-5 (relative, at t=0). The front-ends round this table differently
-    afterwards (``kdpm2.frontends``).
+    cumulative product in float64 (:func:`ldm_alphas_cumprod`); diffusers does the same arithmetic
+    in float32, which moves the training sigmas by up to 1.3e-5 (relative, at t=0). The front-ends
+    round the table differently afterwards (``kdpm2.frontends``).
     """
-    betas = torch.linspace(beta_start**0.5, beta_end**0.5, num_train_timesteps, dtype=F64) ** 2
-    return torch.cumprod(1 - betas, dim=0)
+    return torch.linspace(beta_start**0.5, beta_end**0.5, num_train_timesteps, dtype=F64) ** 2
+
+
+def ldm_alphas_cumprod(num_train_timesteps: int, beta_start: float, beta_end: float) -> torch.Tensor:
+    """float64 ``alphas_cumprod`` of LDM's "linear" betas: the cumulative product in float64."""
+    return torch.cumprod(1 - ldm_betas(num_train_timesteps, beta_start, beta_end), dim=0)
 
 
 def spaced_timesteps(n: int, num_train_timesteps: int, spacing: str, steps_offset: int) -> torch.Tensor:
