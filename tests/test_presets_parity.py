@@ -28,7 +28,7 @@ from hypothesis import example, given
 from hypothesis import strategies as st
 from k_diffusion import external, sampling
 
-from helpers_sched import assert_rel_close
+from helpers_sched import assert_rel_close, one_thread
 from kdpm2 import KDPM2DiscreteScheduler, presets
 
 PARITY = Path(os.environ.get("KDPM2_PARITY_DIR", Path(__file__).resolve().parents[2] / "shared" / "parity"))
@@ -266,3 +266,77 @@ def test_cli_prints_upstream_calls(preset, label, steps, capsys):
     for k, ((sigma, t, c_in), (up_sigma, up_t, up_c_in)) in enumerate(zip(out["calls"], case["calls"], strict=True)):
         assert (f32(sigma), t) == (up_sigma, up_t), f"kdpm2 schedule --preset {preset}: call {k}"
         assert abs(c_in - up_c_in) <= 2 * F32_EPS * up_c_in, f"kdpm2 schedule --preset {preset}: c_in of call {k}"
+
+
+@functools.cache
+def tiny_unet() -> Any:
+    from diffusers import UNet2DConditionModel
+
+    torch.manual_seed(0)
+    return UNet2DConditionModel(
+        block_out_channels=(8, 16),
+        layers_per_block=1,
+        sample_size=8,
+        in_channels=4,
+        out_channels=4,
+        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
+        up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
+        cross_attention_dim=8,
+        norm_num_groups=4,
+        attention_head_dim=2,
+    ).eval()
+
+
+@pytest.mark.parametrize(
+    ("preset", "label", "steps"), [("comfyui/normal", "normal", 6), ("a1111/automatic", "Karras", 5)]
+)
+def test_stable_diffusion_pipeline_feeds_the_unet_what_the_front_end_does(preset, label, steps):
+    """A real diffusers pipeline (tiny random UNet): every UNet timestep and the scaled first latent."""
+    from diffusers import AutoencoderKL, EulerDiscreteScheduler, StableDiffusionPipeline
+
+    case = recorded(preset, label, steps)
+    sd_config = EulerDiscreteScheduler(
+        beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012, steps_offset=1, timestep_spacing="leading"
+    ).config
+    torch.manual_seed(0)
+    vae = AutoencoderKL(
+        block_out_channels=(8,),
+        latent_channels=4,
+        norm_num_groups=4,
+        down_block_types=("DownEncoderBlock2D",),
+        up_block_types=("UpDecoderBlock2D",),
+    )
+    unet = tiny_unet()
+    pipe = StableDiffusionPipeline(
+        vae=vae,
+        text_encoder=None,
+        tokenizer=None,
+        unet=unet,
+        scheduler=KDPM2DiscreteScheduler.from_preset(preset, sd_config),
+        safety_checker=None,
+        feature_extractor=None,
+        requires_safety_checker=False,
+    )
+    pipe.set_progress_bar_config(disable=True)
+    seen: list[tuple[float, torch.Tensor]] = []
+
+    def record(module: Any, args: tuple, kwargs: dict) -> None:
+        seen.append((float(args[1]), args[0][0].detach().clone()))
+
+    handle = unet.register_forward_pre_hook(record, with_kwargs=True)
+    try:
+        latents = torch.randn(1, 4, 8, 8, generator=torch.Generator().manual_seed(42))  # ComfyUI's noise draw
+        embeds = torch.randn(1, 4, 8, generator=torch.Generator().manual_seed(1))
+        with one_thread():  # OpenMP spin-waiting makes tiny networks crawl on a busy machine
+            pipe(
+                prompt_embeds=embeds,
+                negative_prompt_embeds=torch.zeros_like(embeds),
+                latents=latents,
+                num_inference_steps=steps,
+                output_type="latent",
+            )
+    finally:
+        handle.remove()
+    assert [t for t, _ in seen] == [c[1] for c in case["calls"]], f"UNet timesteps [{preset}, {steps} steps]"
+    first = latents[0] * case["init_noise_scale"] * case["calls"][0][2]
+    assert_rel_close(seen[0][1], first, 2e-7, f"first UNet input [{preset}]")
