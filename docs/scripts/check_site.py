@@ -17,7 +17,7 @@ import sys
 from html.parser import HTMLParser
 from pathlib import Path
 
-MAX_CODE = 88
+MAX_CODE = 80
 """Widest code line that fits the content column at the default font size, in characters."""
 
 ROLE = re.compile(r":(?:class|func|data|meth|attr|mod|obj|exc|ref|doc):`")
