@@ -35,17 +35,27 @@ def counts(root: Path) -> tuple[dict[str, Counter[str]], list[str]]:
 
 
 def markdown(table: dict[str, Counter[str]]) -> str:
-    """The score table: mutants, each status, and the share detected (killed or timed out)."""
-    lines = ["| module | mutants | " + " | ".join(COLUMNS) + " | detected |", "|---" + "|---:" * 7 + "|"]
+    """The score table: mutants, each status, and the share detected (killed or timed out).
+
+    A status column that is 0 in every row is left out, and the table says so below it, so that
+    the table fits the page's column.
+    """
     total: Counter[str] = Counter()
-    for module, c in [*table.items(), ("**all of src/kdpm2**", None)]:
-        c = total if c is None else c
+    for c in table.values():
+        total.update(c)
+    columns = [k for k in COLUMNS if total[k]]
+    dropped = [k for k in COLUMNS if not total[k]]
+    lines = [
+        "| module | mutants | " + " | ".join(columns) + " | detected |",
+        "|---" + "|---:" * (len(columns) + 2) + "|",
+    ]
+    for module, c in [*table.items(), ("**all of src/kdpm2**", total)]:
         n = sum(c.values())
         detected = (c["killed"] + c["timeout"]) / n if n else 0.0
-        cells = [module if c is total else f"`{module}`", str(n), *(str(c[k]) for k in COLUMNS), f"{detected:.1%}"]
+        cells = [module if c is total else f"`{module}`", str(n), *(str(c[k]) for k in columns), f"{detected:.1%}"]
         lines.append("| " + " | ".join(cells) + " |")
-        if c is not total:
-            total.update(c)
+    if dropped:
+        lines += ["", f"No mutant was {', '.join(repr(k) for k in dropped)}: those columns are left out."]
     return "\n".join(lines)
 
 
