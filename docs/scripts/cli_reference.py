@@ -5,12 +5,15 @@ Run from the repository root:
     PYTHONPATH=src python docs/scripts/cli_reference.py
 
 Every option of ``kdpm2 demo`` and ``kdpm2 schedule`` becomes a table row (flags, values and help
-text), so the page cannot drift from the parser; ``tests/test_cli.py`` checks that it has not.
+text), and the sample output of ``EXAMPLES`` is what ``kdpm2.cli.main`` prints today, so the page
+cannot drift from the code; ``tests/test_cli.py`` checks that it has not.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import io
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -23,8 +26,31 @@ This page is generated from the argument parser by `docs/scripts/cli_reference.p
 it in step with the code.
 
 Errors in the arguments, or a configuration the scheduler rejects, print `kdpm2: error: ...` on
-standard error and exit with status 2.
+standard error and exit with status 2. The output and figure of `kdpm2 demo` are on the
+[home page](index.md#why).
 """
+
+EXAMPLES = {"schedule": ["schedule", "--steps", "4", "--use-karras-sigmas"]}
+"""Commands whose output the page shows (deterministic ones only: the demo's times vary)."""
+
+
+def _example(argv: list[str]) -> list[str]:
+    """A console block: the command and what ``kdpm2.cli.main`` prints for it."""
+    from kdpm2 import cli
+
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        status = cli.main(argv)
+    assert status == 0, f"kdpm2 {' '.join(argv)} exited with {status}"
+    return [
+        "Sample output:",
+        "",
+        "```text",
+        f"$ kdpm2 {' '.join(argv)}",
+        *out.getvalue().rstrip().splitlines(),
+        "```",
+        "",
+    ]
 
 
 def _cell(text: object) -> str:
@@ -81,6 +107,7 @@ def reference() -> str:
         lines += [f"## `{sub.prog}`", "", _cell(helps[name]) + ".", "", _cell(sub.description), ""]
         required = _required_groups(sub)
         lines += [*required, ""] if required else []
+        lines += _example(EXAMPLES[name]) if name in EXAMPLES else []
         lines += _rows(sub)
     return "\n".join(lines)
 
