@@ -40,7 +40,7 @@ def test_checker_finds_wide_code_roles_and_outside_loads(tmp_path: Path) -> None
     page(tmp_path, "b.html", '<script src="https://cdn.example/x.js"></script><a href="https://x.org">fine</a>')
     found = check.problems(tmp_path)
     assert any(p.startswith("a.html: code line of") for p in found), found
-    assert "a.html: raw reST role ':class:`'" in found
+    assert "a.html: raw reST role ':class:'" in found
     assert found[-1].startswith('b.html: loads from an outside server: <script src="https://cdn.example/x.js')
     assert len(found) == 3, found
 
