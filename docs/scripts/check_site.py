@@ -21,8 +21,12 @@ from pathlib import Path
 MAX_CODE = 80
 """Widest code line that fits the content column at the default font size, in characters."""
 
-ROLE = re.compile(r":(?:class|func|data|meth|attr|mod|obj|exc|ref|doc):(?=\S)")  # rendered: the backticks became <code>
-OUTSIDE = re.compile(r"""<(?:script|link|img|iframe)\b[^>]*?(?:src|href)=["'](?:https?:)?//[^"']*""")
+ROLE = re.compile(
+    r":(?:class|func|data|meth|attr|mod|obj|exc|ref|doc):(?=\S)"
+)  # rendered: the backticks became <code>
+OUTSIDE = re.compile(
+    r"""<(?:script|link|img|iframe)\b[^>]*?(?:src|href)=["'](?:https?:)?//[^"']*"""
+)
 ALLOWED = ("/npm/mathjax@3.2.2/es5/tex-mml-chtml.js",)
 """Outside loads that are pinned and hash-checked (see ``hooks.py``)."""
 KNOWN = {
@@ -30,7 +34,12 @@ KNOWN = {
     "api.html: code line of 89 > 80 characters: prev = c_stored * stored + c_sample * sample + c_model * mod...",
 }
 """Problems known today, reported but not failing; each is to be fixed where it is named."""
-CONSTRUCTOR_ARGUMENTS = ("num_train_timesteps: int = 1000", "beta_start", "use_karras_sigmas", "s_churn")
+CONSTRUCTOR_ARGUMENTS = (
+    "num_train_timesteps: int = 1000",
+    "beta_start",
+    "use_karras_sigmas",
+    "s_churn",
+)
 
 
 class Page(HTMLParser):
@@ -44,7 +53,9 @@ class Page(HTMLParser):
         self.text: list[str] = []
         self._block: list[str] = []
 
-    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+    def handle_starttag(
+        self, tag: str, attrs: list[tuple[str, str | None]]
+    ) -> None:
         if tag == "pre":
             self.pre_depth += 1
             self._block = []
@@ -79,9 +90,13 @@ def problems(site: Path) -> list[str]:
         for block in page.pre:
             for line in block.splitlines():
                 if len(line) > MAX_CODE:
-                    found.append(f"{name}: code line of {len(line)} > {MAX_CODE} characters: {line[:60]}...")
+                    found.append(
+                        f"{name}: code line of {len(line)} > {MAX_CODE} characters: {line[:60]}..."
+                    )
         text = "".join(page.text)
-        found += [f"{name}: raw reST role {m.group()!r}" for m in ROLE.finditer(text)]
+        found += [
+            f"{name}: raw reST role {m.group()!r}" for m in ROLE.finditer(text)
+        ]
         found += [
             f"{name}: loads from an outside server: {m.group()}"
             for m in OUTSIDE.finditer(html)
@@ -93,10 +108,14 @@ def problems(site: Path) -> list[str]:
     if api.exists():
         page = Page()
         page.feed(api.read_text(encoding="utf-8"))
-        signature = next((b for b in page.pre if b.startswith("KDPM2DiscreteScheduler(")), "")
+        signature = next(
+            (b for b in page.pre if b.startswith("KDPM2DiscreteScheduler(")), ""
+        )
         missing = [a for a in CONSTRUCTOR_ARGUMENTS if a not in signature]
         if not signature or missing:
-            found.append(f"api.html: the constructor's signature is missing or lacks {missing}")
+            found.append(
+                f"api.html: the constructor's signature is missing or lacks {missing}"
+            )
     return found
 
 
@@ -104,7 +123,11 @@ def main() -> int:
     site = Path(sys.argv[1] if len(sys.argv) > 1 else "site")
     found = problems(site)
     new = [p for p in found if p not in KNOWN]
-    print("\n".join([*new, *(f"known, not failing: {p}" for p in found if p in KNOWN)]))
+    print(
+        "\n".join(
+            [*new, *(f"known, not failing: {p}" for p in found if p in KNOWN)]
+        )
+    )
     print(f"{site}: {len(new)} problems, {len(found) - len(new)} known")
     return 1 if new else 0
 

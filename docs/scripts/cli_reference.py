@@ -55,7 +55,9 @@ def _example(argv: list[str]) -> list[str]:
 
 def _cell(text: object) -> str:
     """Text for a Markdown table cell: pipes escaped, ``<`` and ``>`` as entities."""
-    return str(text).replace("|", r"\|").replace("<", "&lt;").replace(">", "&gt;")
+    return (
+        str(text).replace("|", r"\|").replace("<", "&lt;").replace(">", "&gt;")
+    )
 
 
 def _values(action: argparse.Action) -> str:
@@ -73,10 +75,19 @@ def _rows(parser: argparse.ArgumentParser) -> list[str]:
     formatter = parser._get_formatter()
     lines = []
     for group in parser._action_groups:
-        actions = [a for a in group._group_actions if a.option_strings and not isinstance(a, argparse._HelpAction)]
+        actions = [
+            a
+            for a in group._group_actions
+            if a.option_strings and not isinstance(a, argparse._HelpAction)
+        ]
         if not actions:
             continue
-        lines += [f"**{_cell(group.title)}**", "", "| option | values | meaning |", "|---|---|---|"]
+        lines += [
+            f"**{_cell(group.title)}**",
+            "",
+            "| option | values | meaning |",
+            "|---|---|---|",
+        ]
         for action in actions:
             flags = ", ".join(f"`{flag}`" for flag in action.option_strings)
             meaning = formatter._expand_help(action) if action.help else ""
@@ -90,7 +101,10 @@ def _required_groups(parser: argparse.ArgumentParser) -> list[str]:
     sentences = []
     for group in parser._mutually_exclusive_groups:
         if group.required:
-            flags = ", ".join(f"`{action.option_strings[0]}`" for action in group._group_actions)
+            flags = ", ".join(
+                f"`{action.option_strings[0]}`"
+                for action in group._group_actions
+            )
             sentences.append(f"Exactly one of {flags} is required.")
     return sentences
 
@@ -100,11 +114,20 @@ def reference() -> str:
     from kdpm2 import cli
 
     parser = cli.build_parser()
-    commands = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    commands = next(
+        a for a in parser._actions if isinstance(a, argparse._SubParsersAction)
+    )
     helps = {choice.dest: choice.help for choice in commands._choices_actions}
     lines = [INTRO, f"`{parser.prog}`: {_cell(parser.description)}", ""]
     for name, sub in commands.choices.items():
-        lines += [f"## `{sub.prog}`", "", _cell(helps[name]) + ".", "", _cell(sub.description), ""]
+        lines += [
+            f"## `{sub.prog}`",
+            "",
+            _cell(helps[name]) + ".",
+            "",
+            _cell(sub.description),
+            "",
+        ]
         required = _required_groups(sub)
         lines += [*required, ""] if required else []
         lines += _example(EXAMPLES[name]) if name in EXAMPLES else []

@@ -44,7 +44,9 @@ KDIFFUSION_ROWS = {
 }
 
 
-def conformance_rows() -> tuple[list[str], dict[str, dict[str, str]], dict[str, str]]:
+def conformance_rows() -> tuple[
+    list[str], dict[str, dict[str, str]], dict[str, str]
+]:
     """Property names, status per target, and diffusers' failure messages."""
     import diffusers
 
@@ -54,11 +56,20 @@ def conformance_rows() -> tuple[list[str], dict[str, dict[str, str]], dict[str, 
     targets = {
         "Reference": conformance.run(Reference, profile="ci"),
         "kdpm2": conformance.run(kdpm2.KDPM2DiscreteScheduler, profile="ci"),
-        "diffusers": conformance.run(diffusers.KDPM2DiscreteScheduler, profile="ci", shrink=False),
+        "diffusers": conformance.run(
+            diffusers.KDPM2DiscreteScheduler, profile="ci", shrink=False
+        ),
     }
     names = list(conformance.PROPERTIES)
-    status = {t: {r.name: r.status for r in report.results} for t, report in targets.items()}
-    reasons = {r.name: r.message for r in targets["diffusers"].results if r.status != "pass"}
+    status = {
+        t: {r.name: r.status for r in report.results}
+        for t, report in targets.items()
+    }
+    reasons = {
+        r.name: r.message
+        for r in targets["diffusers"].results
+        if r.status != "pass"
+    }
     return names, status, reasons
 
 
@@ -85,7 +96,12 @@ def kdiffusion_rows() -> dict[str, Counter[str]]:
     counts: dict[str, Counter[str]] = {}
     for case in tree.iter("testcase"):
         base = case.get("name", "").split("[")[0].removesuffix("_given")
-        outcome = "failed" if case.find("failure") is not None or case.find("error") is not None else "passed"
+        outcome = (
+            "failed"
+            if case.find("failure") is not None
+            or case.find("error") is not None
+            else "passed"
+        )
         if case.find("skipped") is not None:
             outcome = "skipped"
         counts.setdefault(base, Counter())[outcome] += 1
@@ -93,7 +109,9 @@ def kdiffusion_rows() -> dict[str, Counter[str]]:
 
 
 def mark(status: str) -> str:
-    return {"pass": "pass", "fail": "**fail**", "unsupported": "n/a"}.get(status, status)
+    return {"pass": "pass", "fail": "**fail**", "unsupported": "n/a"}.get(
+        status, status
+    )
 
 
 def measure() -> dict:
@@ -117,7 +135,9 @@ def measure() -> dict:
 
 def property_cell(name: str) -> str:
     """The property's name, linked to its definition on the CI page when that page exists."""
-    return f"[`{name}`](ci.md#{name})" if PROPERTY_PAGE.exists() else f"`{name}`"
+    return (
+        f"[`{name}`](ci.md#{name})" if PROPERTY_PAGE.exists() else f"`{name}`"
+    )
 
 
 def folded(name: str, status: str, reason: str) -> list[str]:
@@ -129,7 +149,9 @@ def folded(name: str, status: str, reason: str) -> list[str]:
     kind = "note" if status == "n/a" else "failure"
     items = []
     for part in reason.split(" / "):
-        text = part.strip().replace("`", "'")  # a code span: brackets in the message are not links
+        text = part.strip().replace(
+            "`", "'"
+        )  # a code span: brackets in the message are not links
         if len(part) >= CUT:
             text += " ..."
             note = f" (the message ends here: `kdpm2_spec.conformance` keeps {CUT} characters)"
@@ -155,8 +177,16 @@ def render(data: dict) -> str:
         "|---|---|---|---|",
     ]
     for name in names:
-        lines.append(f"| {property_cell(name)} | " + " | ".join(mark(status[t][name]) for t in status) + " |")
-    lines += ["", "Why diffusers fails or cannot be asked (first counterexample, unshrunk; click to unfold):", ""]
+        lines.append(
+            f"| {property_cell(name)} | "
+            + " | ".join(mark(status[t][name]) for t in status)
+            + " |"
+        )
+    lines += [
+        "",
+        "Why diffusers fails or cannot be asked (first counterexample, unshrunk; click to unfold):",
+        "",
+    ]
     for name, reason in reasons.items():
         lines += folded(name, mark(status["diffusers"][name]), reason)
     lines += [

@@ -12,7 +12,9 @@ import re
 from typing import Any
 
 MATHJAX = "https://cdn.jsdelivr.net/npm/mathjax@3.2.2/es5/tex-mml-chtml.js"
-INTEGRITY = "sha384-Wuix6BuhrWbjDBs24bXrjf4ZQ5aFeFWBuKkFekO2t8xFU0iNaLQfp2K6/1Nxveei"
+INTEGRITY = (
+    "sha384-Wuix6BuhrWbjDBs24bXrjf4ZQ5aFeFWBuKkFekO2t8xFU0iNaLQfp2K6/1Nxveei"
+)
 CONFIG = """<script>
 window.MathJax = {
   tex: {inline: [["\\\\(", "\\\\)"]], display: [["\\\\[", "\\\\]"]],

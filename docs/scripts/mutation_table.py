@@ -15,7 +15,14 @@ import sys
 from collections import Counter
 from pathlib import Path
 
-STATUS = {1: "killed", 3: "killed", 0: "survived", 5: "no tests", 33: "no tests", None: "not checked"}
+STATUS = {
+    1: "killed",
+    3: "killed",
+    0: "survived",
+    5: "no tests",
+    33: "no tests",
+    None: "not checked",
+}
 STATUS.update(dict.fromkeys((36, -24, 24, 152, 255), "timeout"))
 COLUMNS = ("killed", "timeout", "survived", "no tests", "not checked")
 
@@ -29,8 +36,14 @@ def counts(root: Path) -> tuple[dict[str, Counter[str]], list[str]]:
         if not codes:
             continue
         module = meta.name.removesuffix(".meta")
-        table[module] = Counter(STATUS.get(code, "other") for code in codes.values())
-        survivors += [name for name, code in codes.items() if STATUS.get(code) in ("survived", "no tests")]
+        table[module] = Counter(
+            STATUS.get(code, "other") for code in codes.values()
+        )
+        survivors += [
+            name
+            for name, code in codes.items()
+            if STATUS.get(code) in ("survived", "no tests")
+        ]
     return table, survivors
 
 
@@ -52,15 +65,25 @@ def markdown(table: dict[str, Counter[str]]) -> str:
     for module, c in [*table.items(), ("**all of src/kdpm2**", total)]:
         n = sum(c.values())
         detected = (c["killed"] + c["timeout"]) / n if n else 0.0
-        cells = [module if c is total else f"`{module}`", str(n), *(str(c[k]) for k in columns), f"{detected:.1%}"]
+        cells = [
+            module if c is total else f"`{module}`",
+            str(n),
+            *(str(c[k]) for k in columns),
+            f"{detected:.1%}",
+        ]
         lines.append("| " + " | ".join(cells) + " |")
     if dropped:
-        lines += ["", f"No mutant was {', '.join(repr(k) for k in dropped)}: those columns are left out."]
+        lines += [
+            "",
+            f"No mutant was {', '.join(repr(k) for k in dropped)}: those columns are left out.",
+        ]
     return "\n".join(lines)
 
 
 if __name__ == "__main__":
-    table, survivors = counts(Path(sys.argv[1] if len(sys.argv) > 1 else "mutants"))
+    table, survivors = counts(
+        Path(sys.argv[1] if len(sys.argv) > 1 else "mutants")
+    )
     print(markdown(table))
     print()
     print("\n".join(survivors))

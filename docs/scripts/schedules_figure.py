@@ -22,7 +22,11 @@ from kdpm2 import KDPM2DiscreteScheduler
 
 STEPS = 25
 OUT = pathlib.Path(__file__).resolve().parents[1] / "images" / "schedules.png"
-BASE = {"beta_schedule": "scaled_linear", "beta_start": 0.00085, "beta_end": 0.012}
+BASE = {
+    "beta_schedule": "scaled_linear",
+    "beta_start": 0.00085,
+    "beta_end": 0.012,
+}
 FAMILIES = {
     "default (linspace timesteps)": {},
     "Karras (rho = 7)": {"use_karras_sigmas": True},
@@ -36,16 +40,21 @@ def step_sigmas(**config: object) -> list[float]:
     """The sigma at the start of each step and the final one: sigma_0 > ... > sigma_n."""
     scheduler = KDPM2DiscreteScheduler(**BASE, **config)
     scheduler.set_timesteps(STEPS)
-    sigmas = scheduler.sigmas.tolist()  # per call: s0, s1, s1, s2, s2, ..., then the final 0
+    sigmas = (
+        scheduler.sigmas.tolist()
+    )  # per call: s0, s1, s1, s2, s2, ..., then the final 0
     return [sigmas[0], *sigmas[1::2]][: STEPS + 1]
 
 
 def schedules() -> dict[str, dict[str, list[float]]]:
     """Panel title -> curve label -> step sigmas."""
     return {
-        "diffusers' options": {name: step_sigmas(**config) for name, config in FAMILIES.items()},
+        "diffusers' options": {
+            name: step_sigmas(**config) for name, config in FAMILIES.items()
+        },
         "with the A1111 / ComfyUI options": {
-            name: step_sigmas(**config, **FRONT_ENDS) for name, config in FAMILIES.items()
+            name: step_sigmas(**config, **FRONT_ENDS)
+            for name, config in FAMILIES.items()
         },
     }
 
@@ -55,9 +64,19 @@ def main() -> None:
         figure = Figure(figsize=(11, 4.6), layout="constrained")
         axes = figure.subplots(1, 2, sharey=True)
         for ax, (title, curves) in zip(axes, schedules().items(), strict=True):
-            for (name, sigmas), marker in zip(curves.items(), "os^D", strict=True):
-                shown = [(i, s) for i, s in enumerate(sigmas) if s > 0]  # the final 0 is off a log axis
-                ax.plot(*zip(*shown, strict=True), marker=marker, ms=4, lw=1.2, label=name)
+            for (name, sigmas), marker in zip(
+                curves.items(), "os^D", strict=True
+            ):
+                shown = [
+                    (i, s) for i, s in enumerate(sigmas) if s > 0
+                ]  # the final 0 is off a log axis
+                ax.plot(
+                    *zip(*shown, strict=True),
+                    marker=marker,
+                    ms=4,
+                    lw=1.2,
+                    label=name,
+                )
             ax.set_yscale("log")
             ax.set_title(f"{title}, {STEPS} steps")
             ax.set_xlabel("step i (the last step goes to sigma = 0, not drawn)")

@@ -23,8 +23,15 @@ WIDTHS = {"desktop": 1280, "phone": 412}
 
 def chromium() -> str | None:
     """A Chromium executable on this machine, or None to use Playwright's own."""
-    names = [os.environ.get("CHROMIUM", ""), "chromium", "chromium-browser", "google-chrome"]
-    return next((path for name in names if name and (path := shutil.which(name))), None)
+    names = [
+        os.environ.get("CHROMIUM", ""),
+        "chromium",
+        "chromium-browser",
+        "google-chrome",
+    ]
+    return next(
+        (path for name in names if name and (path := shutil.which(name))), None
+    )
 
 
 def main() -> int:
@@ -35,12 +42,21 @@ def main() -> int:
     out.mkdir(parents=True, exist_ok=True)
     pages = sorted(p for p in site.rglob("*.html") if p.name != "404.html")
     with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=chromium(), args=["--no-sandbox"])
+        browser = playwright.chromium.launch(
+            executable_path=chromium(), args=["--no-sandbox"]
+        )
         for label, width in WIDTHS.items():
-            tab = browser.new_page(viewport={"width": width, "height": 900}, color_scheme="light")
+            tab = browser.new_page(
+                viewport={"width": width, "height": 900}, color_scheme="light"
+            )
             for page in pages:
                 tab.goto(page.as_uri(), wait_until="load")
-                name = page.relative_to(site).with_suffix("").as_posix().replace("/", "-")
+                name = (
+                    page.relative_to(site)
+                    .with_suffix("")
+                    .as_posix()
+                    .replace("/", "-")
+                )
                 target = out / f"{name}-{label}.png"
                 tab.screenshot(path=str(target), full_page=True)
                 print(target)
