@@ -51,13 +51,13 @@ class NoiseSource:
         if self.torch is None:
             return self.rng.standard_normal(shape)
         self.torch.randn(shape, generator=self.generator, dtype=self.dtype)  # keep both streams in step
-        return self.torch.randn(shape, generator=self.twin, dtype=self.dtype).numpy().astype(np.float64)
+        return self.torch.randn(shape, generator=self.twin, dtype=self.dtype).double().numpy()
 
     def step_draw(self, shape: tuple[int, ...]) -> np.ndarray:
         """The draw ``step`` makes next (a torch scheduler draws it itself; here it comes from the twin)."""
         if self.torch is None:
             return self.rng.standard_normal(shape)
-        return self.torch.randn(shape, generator=self.twin, dtype=self.dtype).numpy().astype(np.float64)
+        return self.torch.randn(shape, generator=self.twin, dtype=self.dtype).double().numpy()
 
     def step_kwargs(self, noise: np.ndarray | None) -> dict[str, Any]:
         """Extra ``step`` arguments: the generator (torch) or the drawn ``noise`` (NumPy)."""

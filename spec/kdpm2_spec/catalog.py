@@ -12,15 +12,19 @@ from __future__ import annotations
 DTYPE_NAMES = ("float64", "float32", "float16", "bfloat16")
 """The tensor dtypes a run can drive an implementation with."""
 
-DTYPE_RTOL: dict[str, float] = {"float64": 0.0, "float32": 1e-5, "float16": 2e-2, "bfloat16": 1.5e-1}
+DTYPE_RTOL: dict[str, float] = {"float64": 0.0, "float32": 1e-5, "float16": 4e-3, "bfloat16": 3e-2}
 """Tolerance floor of loop comparisons per dtype, relative to the largest operand.
 
-float64 adds nothing (each property's own tolerance applies); float32 is 1e-5 (about 80 ulps,
-as :data:`conformance.FLOAT32_RTOL`); float16 and bfloat16 are about 20 ulps (2^-10, 2^-7),
-since every one of up to 119 calls rounds the sample to the dtype once or more.
+float64 adds nothing (each property's own tolerance applies); float32 is 1e-5, as
+:data:`conformance.FLOAT32_RTOL`. float16 and bfloat16 are about four units of their rounding
+(2^-10 and 2^-7 relative): the caller hands the scheduler a sample and a model output rounded
+to the dtype at every call, so the difference to the float64 reference is input rounding, not
+arithmetic. kdpm2 passes at 2e-3 and 1.5e-2 and fails at 1e-3 and 8e-3 (``ci`` profile,
+2026-12-01): the floors leave it a factor of 2.
 """
 
 DTYPES: dict[str, tuple[str, ...]] = {
+    "index_for_timestep": ("float64", "float32", "float16"),
     "scale_model_input": ("float64", "float32"),
     "exact_denoiser": ("float64",),
     "sampling_loop_exact": ("float64",),
@@ -37,7 +41,8 @@ TOLERANCES: dict[str, str] = {
     "interleaved_layout": "exact: lengths and repeated entries are copies, not computations.",
     "timesteps_range": "exact: a timestep outside `[0, T - 1]` or a rising one indexes the model's embedding wrongly.",
     "midpoints_geometric": "1e-9 relative (1e-6 for float32 tables): one `exp`/`log` pair rounds the mean.",
-    "index_for_timestep": "exact: an index is right or wrong.",
+    "index_for_timestep": "exact: an index is right or wrong; not bfloat16, whose probe of an absent timestep "
+    "(the largest + 0.5) rounds onto a timestep.",
     "scale_model_input": "1e-6 relative: one division; needs float32 or float64 inputs to hold it.",
     "step_alternates": "exact: the order and `step_index` are counters.",
     "exact_denoiser": "1e-9 relative to the operands (1e-6 with float32 tables): the exact denoiser makes every step "
