@@ -730,6 +730,7 @@ def check_one(
 
     from kdpm2_spec.cases import reproducer
 
+    ks.register_profiles(load=False)
     prop_ = PROPERTIES[name]
     dtypes = catalog.dtypes_of(name)
     if _dtype_name(target) not in dtypes:
