@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from kdpm2_spec import conformance
+from kdpm2_spec import conformance, gate
 from kdpm2_spec import strategies as ks
 from kdpm2_spec.reference import Reference
 
@@ -56,8 +56,9 @@ def test_ours_conforms() -> None:
 
 def test_diffusers_fails_exactly_its_known_deviations() -> None:
     diffusers = pytest.importorskip("diffusers")
-    report = conformance.run(diffusers.KDPM2DiscreteScheduler, shrink=False)
+    report = conformance.run(diffusers.KDPM2DiscreteScheduler, shrink=False, expect=gate.load("diffusers-0.42"))
     assert set(report.failed) == set(DIFFUSERS_FAILURES), str(report)
+    assert report.exit_status == 0, "the shipped expectation file must gate diffusers 0.42"
     assert set(report.unsupported) == set(DIFFUSERS_UNSUPPORTED), str(report)
     assert "NotImplementedError" in report["prediction_sample"].message
     assert "sigmas_interpol[0]" in report["tables_finite"].message

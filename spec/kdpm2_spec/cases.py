@@ -74,9 +74,7 @@ def _value(node: ast.expr, allowed: dict[str, Callable[..., Any]]) -> Any:
         except (TypeError, ValueError) as error:
             raise ValueError(f"--case: {_callee(node.func)}(...) rejects its arguments: {error}") from None
     elif isinstance(node, ast.Call):
-        raise ValueError(
-            f"--case may call only {', '.join(sorted(allowed))}; got a call of {_callee(node.func)!r}"
-        )
+        raise ValueError(f"--case may call only {', '.join(sorted(allowed))}; got a call of {_callee(node.func)!r}")
     raise ValueError(f"--case must be data (a case repr as printed in a report); {ast.unparse(node)!r} is not")
 
 

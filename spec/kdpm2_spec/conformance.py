@@ -625,6 +625,7 @@ class Report:
     profile: str = "ci"
     seed: int | None = None
     expect: dict[str, str] | None = None
+    derandomized: bool = True
 
     @property
     def passed(self) -> list[str]:
@@ -665,7 +666,7 @@ class Report:
 
     def header(self) -> str:
         """The first line: target, device, dtype, Hypothesis profile and seed, and the dtype's tolerance floor."""
-        seed = "derandomized" if self.seed is None else str(self.seed)
+        seed = str(self.seed) if self.seed is not None else "fixed by the profile" if self.derandomized else "random"
         floor = catalog.DTYPE_RTOL[self.dtype]
         tolerance = "each property's own" if floor == 0 else f"at least {floor:g} relative (loops)"
         return (
@@ -696,6 +697,14 @@ def _first_line(error: BaseException) -> str:
     return " ".join(text.split())[:600]
 
 
+def derandomized(profile: str | None, default: bool = False) -> bool:
+    """Whether ``profile`` fixes the draws (``ci`` does), read from :data:`strategies.PROFILES`.
+
+    Read there, not from the registered profile, which inherits whatever profile was loaded.
+    """
+    return bool(ks.PROFILES.get(profile or "", {}).get("derandomize", default))
+
+
 def _dtype_name(target: Target) -> str:
     return str(getattr(target.adapter, "dtype_name", "float64"))
 
@@ -721,7 +730,8 @@ def check_one(
     Pinned examples whose configuration the class does not accept are skipped; ``shrink=False``
     reports the first failing case as found (diffusers' constructor makes shrinking slow).
     ``seed`` fixes the random draws (else the profile decides: ``ci`` is derandomized);
-    ``database`` is a directory of saved examples (default: none, so nothing carries over).
+    ``database`` is a directory of saved examples (default: none, so nothing carries over; with
+    one, draws are random unless ``seed`` is given, as Hypothesis requires).
     A property that does not run in the target's dtype (:data:`catalog.DTYPES`) is ``unsupported``.
     """
     from hypothesis import Phase, example, given, settings
@@ -756,7 +766,7 @@ def check_one(
     db = None if database is None else DirectoryBasedExampleDatabase(database)
     if seed is not None:
         runner = fix_seed(seed)(runner)
-    derandomize = chosen.derandomize and seed is None
+    derandomize = derandomized(profile, chosen.derandomize) and seed is None and database is None
     wrapped = settings(chosen, database=db, phases=phases, derandomize=derandomize)(runner)
     try:
         wrapped()
@@ -806,9 +816,9 @@ def run(
         raise ValueError(f"unknown properties {unknown}; choose from {sorted(PROPERTIES)}")
     target = Target.of(cls_or_adapter, device, dtype)
     expected = None if expect is None else dict(expect)
-    report = Report(
-        target.name, [], str(getattr(target.adapter, "device", "cpu")), _dtype_name(target), profile, seed, expected
-    )
+    device = str(getattr(target.adapter, "device", "cpu"))
+    fixed = derandomized(profile) and database is None
+    report = Report(target.name, [], device, _dtype_name(target), profile, seed, expected, fixed)
     if echo is not None:
         echo(report.header())
     for prop_name in only or list(PROPERTIES):

@@ -32,7 +32,9 @@ def _text(spec: str) -> tuple[str, str]:
     if spec in shipped():
         resource = resources.files("kdpm2_spec") / SHIPPED / f"{spec}.json"
         return resource.read_text(encoding="utf-8"), f"kdpm2_spec/{SHIPPED}/{spec}.json"
-    raise ValueError(f"--expect {spec!r}: no such file, and no shipped expectation of that name ({', '.join(shipped())})")
+    raise ValueError(
+        f"--expect {spec!r}: no such file, and no shipped expectation of that name ({', '.join(shipped())})"
+    )
 
 
 def load(spec: str, properties: Any = None) -> dict[str, str]:

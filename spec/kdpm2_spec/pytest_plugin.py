@@ -50,7 +50,6 @@ def pytest_configure(config: pytest.Config) -> None:
     config.stash[_TARGET] = (target, expect)
 
 
-
 @pytest.hookimpl(tryfirst=True)
 def pytest_collection_modifyitems(session: pytest.Session, config: pytest.Config, items: list[pytest.Item]) -> None:
     """Add one item per property (first, so that ``-k`` and ``-m`` deselect among them)."""

@@ -85,7 +85,9 @@ def junit(report: Any) -> ET.ElementTree:
             failure = ET.SubElement(case, "failure", type="conformance", message=r.message)
             failure.text = f"{r.message}\ncase: {r.case!r}\nreproduce: {r.reproducer}\n"
         elif r.stale:
-            failure = ET.SubElement(case, "failure", type="stale", message=f"passes, but expected to fail: {r.expected}")
+            failure = ET.SubElement(
+                case, "failure", type="stale", message=f"passes, but expected to fail: {r.expected}"
+            )
             failure.text = f"remove {r.name!r} from the expectation file ({r.expected})\n"
         elif r.status == "fail":
             skipped = ET.SubElement(case, "skipped", type="xfail", message=f"expected failure: {r.expected}")
