@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shlex
 import subprocess
 import sys
 from pathlib import Path
@@ -82,18 +83,19 @@ def test_cli_passes_ours_and_prints_the_summary_line() -> None:
     assert done.returncode == 0, done.stdout + done.stderr
     lines = done.stdout.strip().splitlines()
     assert lines[-1] == "2 passed, 0 failed"
-    assert [line.split()[0] for line in lines[:-1]] == ["PASS", "PASS"]
+    assert lines[0].startswith("# kdpm2.scheduler:KDPM2DiscreteScheduler on cpu in float64")
+    assert [line.split()[0] for line in lines[1:-1]] == ["PASS", "PASS"]
 
 
 def test_cli_fails_diffusers_with_a_reproducer_that_reproduces() -> None:
     pytest.importorskip("diffusers")
     done = _cli("diffusers:KDPM2DiscreteScheduler", "--only", "illegal_calls", "--no-shrink")
     assert done.returncode == 1
-    line, summary = done.stdout.strip().splitlines()
+    _, line, summary = done.stdout.strip().splitlines()
     assert summary == "0 passed, 1 failed"
     assert line.startswith("FAIL illegal_calls: set_begin_index(")
     command = line.split("reproduce: ")[1]
-    case = command.split("--case ")[1].strip("'\"")
+    case = shlex.split(command)[-1]
     again = _cli("diffusers:KDPM2DiscreteScheduler", "--only", "illegal_calls", "--case", case)
     assert again.returncode != 0 and "must raise ValueError" in again.stderr
 
