@@ -133,12 +133,12 @@ def _check(args: argparse.Namespace) -> int:
         for result in report.results:  # the run now meets the file just written
             result.expected = report.expect.get(result.name, "")
     print(report.summary())
-    from kdpm2_spec import results
+    from kdpm2_spec import formats
 
     if args.json is not None:
-        results.write_json(report, args.json)
+        formats.write_json(report, args.json)
     if args.junit_xml is not None:
-        results.write_junit(report, args.junit_xml)
+        formats.write_junit(report, args.junit_xml)
     return report.exit_status
 
 
