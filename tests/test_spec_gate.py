@@ -211,6 +211,17 @@ def test_ours_passes_every_property_in_every_dtype(dtype: str) -> None:
     assert set(report.unsupported) == {n for n in conformance.PROPERTIES if dtype not in catalog.dtypes_of(n)}
 
 
+@pytest.mark.cuda
+@pytest.mark.parametrize("dtype", catalog.DTYPE_NAMES)
+def test_ours_passes_on_cuda_in_every_dtype(dtype: str) -> None:
+    """The same subset on the GPU (``--device cuda``); skipped without one."""
+    from kdpm2 import KDPM2DiscreteScheduler
+
+    only = ["tables_match_reference", "scale_model_input", "sampling_loop", "sampling_loop_exact", "churn"]
+    report = conformance.run(KDPM2DiscreteScheduler, profile="dev", only=only, device="cuda", dtype=dtype)
+    assert report.ok and report.device == "cuda", str(report)
+
+
 def test_device_reaches_set_timesteps() -> None:
     """The adapter passes its device to ``set_timesteps`` (here ``meta``: no tables, but the call shows it)."""
     from kdpm2_spec import TorchAdapter

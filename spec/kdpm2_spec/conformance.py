@@ -74,6 +74,7 @@ class Target:
         """
         if dtype not in catalog.DTYPE_NAMES:
             raise ValueError(f"dtype must be one of {', '.join(catalog.DTYPE_NAMES)}, got {dtype!r}")
+        adapter: Any
         if isinstance(cls_or_adapter, type):
             if issubclass(cls_or_adapter, Reference):
                 if (device, dtype) != ("cpu", "float64"):
