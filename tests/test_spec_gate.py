@@ -68,6 +68,10 @@ def test_diffusers_with_the_shipped_expectations_exits_0(capfd: pytest.CaptureFi
     assert statuses["illegal_calls"] == ("fail", False) and statuses["custom_sigmas"] == ("unsupported", False)
     failed = next(r for r in data["results"] if r["name"] == "illegal_calls")
     assert failed["reproducer"].startswith("python -m kdpm2_spec check ") and failed["case"].startswith("Schedule(")
+    from kdpm2_spec.cases import parse_case
+
+    case = parse_case(failed["case"])  # the case is the one the message is about (the first failing example)
+    assert f"set_timesteps({case.steps})]" in failed["message"], failed
 
     suite = ET.parse(xml).getroot()
     cases = {c.get("name"): c for c in suite.iter("testcase")}

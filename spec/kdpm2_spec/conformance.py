@@ -634,7 +634,7 @@ def check_one(
     dtypes = catalog.dtypes_of(name)
     if _dtype_name(target) not in dtypes:
         return Result(name, "unsupported", prop_.doc, f"runs in {' or '.join(dtypes)} only (tolerance: see docs/ci.md)")
-    failing: list[Any] = []
+    failing: list[tuple[Any, BaseException]] = []
     unsupported: list[str] = []
 
     def test(case: Any) -> None:
@@ -642,8 +642,8 @@ def check_one(
             prop_.check(target, case)
         except Unsupported as why:
             unsupported.append(str(why))
-        except BaseException:
-            failing.append(case)
+        except BaseException as error:
+            failing.append((case, error))
             raise
 
     chosen = settings() if profile is None else settings.get_profile(profile)
@@ -660,12 +660,23 @@ def check_one(
     try:
         wrapped()
     except Exception as error:
-        case = failing[-1] if failing else None
+        case = _failing_case(error, failing)
         command = reproducer(target.name, name, case, _options(target, seed))
         return Result(name, "fail", prop_.doc, _first_line(error), case, command)
     if unsupported:
         return Result(name, "unsupported", prop_.doc, unsupported[0])
     return Result(name, "pass", prop_.doc)
+
+
+def _failing_case(error: BaseException, failing: list[tuple[Any, BaseException]]) -> Any:
+    """The case that raised ``error`` (the first of a group): the report's message and case must match.
+
+    Hypothesis raises the first failing pinned example's error after running them all, but a
+    shrunk failure from a final replay, the last call.
+    """
+    group = getattr(error, "exceptions", None)
+    first = group[0] if isinstance(group, tuple) and group else error
+    return next((case for case, raised in failing if raised is first), failing[-1][0] if failing else None)
 
 
 def check_case(cls_or_adapter: Any, name: str, case: Any, device: str = "cpu", dtype: str = "float64") -> None:
