@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import copy
 import importlib
+import inspect
 import types
 from typing import Any, Protocol
 
@@ -93,7 +94,8 @@ class TorchAdapter:
     """Adapter for diffusers-style torch schedulers; tensors live on ``device`` in ``dtype``.
 
     ``device`` is any torch device string (``cpu``, ``cuda``, ``cuda:1``, ``mps``...); every
-    scheduler it creates gets ``set_timesteps(..., device=device)`` unless the call names one.
+    scheduler it creates gets ``set_timesteps(..., device=device)`` unless the call names one
+    (or ``set_timesteps`` has no ``device`` argument).
     """
 
     def __init__(self, cls: Any, device: str = "cpu", dtype: str = "float64") -> None:
@@ -124,7 +126,7 @@ class TorchAdapter:
                 self._built.clear()
             self._built[key] = self.cls(**config)
         scheduler = copy.deepcopy(self._built[key])
-        if self.device != "cpu":
+        if self.device != "cpu" and "device" in inspect.signature(self.cls.set_timesteps).parameters:
             _pass_device(scheduler, self.device)
         return scheduler
 
