@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import shlex
 import subprocess
 import sys
 from pathlib import Path
@@ -95,6 +94,8 @@ def test_cli_fails_diffusers_with_a_reproducer_that_reproduces() -> None:
     assert summary == "0 passed, 1 failed"
     assert line.startswith("FAIL illegal_calls: set_begin_index(")
     command = line.split("reproduce: ")[1]
+    import shlex  # a reproducer is one shell command
+
     case = shlex.split(command)[-1]
     again = _cli("diffusers:KDPM2DiscreteScheduler", "--only", "illegal_calls", "--case", case)
     assert again.returncode != 0 and "must raise ValueError" in again.stderr

@@ -46,14 +46,18 @@ def options_table() -> str:
 
 
 def properties_table() -> str:
-    """One row per conformance property, in run order: what it checks, tolerance and why, dtypes."""
+    """One row per conformance property, in run order: what it checks, tolerance and why, dtypes.
+
+    Each row carries an anchor named after its property (``ci.md#sampling_loop``).
+    """
     from kdpm2_spec import catalog, conformance
 
     rows = ["| property | what it checks | tolerance, and why | dtypes |", "|---|---|---|---|"]
     for name, prop in conformance.PROPERTIES.items():
         dtypes = catalog.dtypes_of(name)
         where = "all" if dtypes == catalog.DTYPE_NAMES else ", ".join(dtypes)
-        rows.append(f"| `{name}` | {_cell(prop.doc)} | {_cell(catalog.TOLERANCES[name])} | {where} |")
+        anchor = f'<a id="{name}"></a>'  # docs/conformance.md links each property here, as ci.md#NAME
+        rows.append(f"| {anchor}`{name}` | {_cell(prop.doc)} | {_cell(catalog.TOLERANCES[name])} | {where} |")
     return "\n".join(rows)
 
 
