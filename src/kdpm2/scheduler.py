@@ -17,7 +17,7 @@ from typing import Any, ClassVar
 import numpy as np
 import torch
 
-from kdpm2 import functional, lookup, tables, validation
+from kdpm2 import functional, lookup, presets, tables, validation
 from kdpm2.configuration import ConfigMixin
 
 KARRAS_COMPATIBLES = (
@@ -79,7 +79,9 @@ class KDPM2DiscreteScheduler(ConfigMixin):
     - ``discard_penultimate_sigma``: build ``n + 1`` sigmas and drop the last non-zero (A1111, ComfyUI);
     - ``quantize_timesteps``: give the model the nearest training timestep (ComfyUI);
     - ``round_karras_timesteps``: round the main Karras timesteps as diffusers does;
-    - ``s_churn``, ``s_tmin``, ``s_tmax`` (``None`` is infinity), ``s_noise``: stochastic sampling.
+    - ``s_churn``, ``s_tmin``, ``s_tmax`` (``None`` is infinity), ``s_noise``: stochastic sampling;
+    - ``preset``: reproduce a ComfyUI or AUTOMATIC1111 DPM2 sampler (``kdpm2.presets``; build it with
+      :meth:`from_preset`, which also sets the other arguments to the preset's).
     """
 
     _compatibles: ClassVar[list[str]] = list(KARRAS_COMPATIBLES)
@@ -108,6 +110,7 @@ class KDPM2DiscreteScheduler(ConfigMixin):
         s_tmin: float = 0.0,
         s_tmax: float | None = None,
         s_noise: float = 1.0,
+        preset: str | None = None,
     ) -> None:
         config = dict(locals())
         del config["self"]
@@ -134,18 +137,37 @@ class KDPM2DiscreteScheduler(ConfigMixin):
         validation.real("s_noise", s_noise, 0.0)
         if isinstance(trained_betas, (np.ndarray, torch.Tensor)):
             config["trained_betas"] = trained_betas.tolist()
+        if preset is not None:
+            config["preset"] = presets.check(config)
         self.register_to_config(**config)
 
         self.betas = tables.train_betas(num_train_timesteps, beta_start, beta_end, beta_schedule, trained_betas)
         self.alphas = 1.0 - self.betas
         self.alphas_cumprod = torch.cumprod(self.alphas, dim=0)
+        if preset is not None:  # the front-ends' float64 LDM table, stored in float32
+            self.betas = tables.ldm_betas(num_train_timesteps, beta_start, beta_end).float()
+            self.alphas = 1.0 - self.betas
+            self.alphas_cumprod = tables.ldm_alphas_cumprod(num_train_timesteps, beta_start, beta_end).float()
         # diffusers builds the full-length schedule here; with the discard it has one step fewer
         self.set_timesteps(num_train_timesteps - 1 if discard_penultimate_sigma else num_train_timesteps)
 
     # -- schedule -----------------------------------------------------------------------------
 
+    @classmethod
+    def from_preset(cls, name: str, config: dict[str, Any] | None = None, **overrides: Any) -> KDPM2DiscreteScheduler:
+        """A scheduler that reproduces front-end sampler ``name`` (see ``kdpm2.presets.NAMES``).
+
+        ``config`` (a loaded pipeline's ``scheduler.config``, say) gives the training schedule's size
+        and ends and the prediction type; the preset's settings replace its spacing and flags (its
+        ``steps_offset`` is kept and has no effect). ``overrides`` may set anything the preset leaves
+        open (``prediction_type``...).
+        """
+        return cls.from_config(presets.configure(name, config, overrides))
+
     @property
     def _log_sigmas64(self) -> torch.Tensor:
+        if self.config.preset is not None:
+            return presets.training_table(self.config.preset, self.config).log_sigmas.to(torch.float64)
         a = self.alphas_cumprod.to(torch.float64)
         return ((1 - a) / a).sqrt().log()
 
@@ -207,9 +229,16 @@ class KDPM2DiscreteScheduler(ConfigMixin):
             raise ValueError("timesteps cannot be combined with use_karras/exponential/beta_sigmas; pass sigmas")
         log_sigmas = self._log_sigmas64
         quantize = c.quantize_timesteps
+
+        def timestep_of(s: torch.Tensor) -> torch.Tensor:
+            if c.preset is not None:
+                return presets.timesteps(c.preset, s, c)
+            return tables.sigma_to_t(s, log_sigmas, quantize)
+
+        midpoint = presets.midpoints if c.preset is not None else None
         if sigmas is not None:
             main_sigmas = torch.from_numpy(validation.custom_sigmas(sigmas))
-            main_t = tables.sigma_to_t(main_sigmas[:-1], log_sigmas, quantize)
+            main_t = timestep_of(main_sigmas[:-1])
         elif timesteps is not None:
             main_t = torch.from_numpy(validation.custom_timesteps(timesteps, c.num_train_timesteps))
             train = log_sigmas.exp()
@@ -222,18 +251,24 @@ class KDPM2DiscreteScheduler(ConfigMixin):
         else:
             most = c.num_train_timesteps - 1 if c.discard_penultimate_sigma else c.num_train_timesteps
             n = validation.integer("num_inference_steps", num_inference_steps, 1, most)
-            main_t, main_sigmas = self._spaced(n, log_sigmas)
+            if c.preset is not None:
+                main_sigmas = presets.spaced(c.preset, n, presets.training_table(c.preset, c))
+                main_t = timestep_of(main_sigmas[:-1])
+            else:
+                main_t, main_sigmas = self._spaced(n, log_sigmas)
 
         s_tmax = math.inf if c.s_tmax is None else c.s_tmax
         hat = tables.churned_sigmas(main_sigmas, c.s_churn, c.s_tmin, s_tmax)
         if c.s_churn > 0:
             main_t = torch.where(hat != main_sigmas[:-1], tables.sigma_to_t(hat, log_sigmas, quantize), main_t)
-        built = tables.interleave(main_sigmas, hat, main_t, lambda s: tables.sigma_to_t(s, log_sigmas, quantize))
+        built = tables.interleave(main_sigmas, hat, main_t, timestep_of, midpoint)
 
         self.num_inference_steps = built.num_steps
         self._host_sigmas = built.sigmas.tolist()
         self._host_interpol = built.sigmas_interpol.tolist()
-        time_dtype = torch.float64 if self._family() is not None and sigmas is None else torch.float32
+        time_dtype = (
+            torch.float64 if self._family() is not None and sigmas is None and c.preset is None else torch.float32
+        )
         self.timesteps = _to_device(built.timesteps, device, time_dtype)
         host_t = built.timesteps.to(time_dtype)
         self._index_values = host_t.tolist()
@@ -260,7 +295,14 @@ class KDPM2DiscreteScheduler(ConfigMixin):
 
     @property
     def init_noise_sigma(self) -> torch.Tensor:
-        """Standard deviation of the initial noise (``sqrt(max^2 + 1)`` for ``leading``, as diffusers)."""
+        """Standard deviation of the initial noise (``sqrt(max^2 + 1)`` for ``leading``, as diffusers).
+
+        With a preset, the factor the front-end puts on unit noise (ComfyUI: ``sqrt(1 + sigma_0^2)``).
+        """
+        if self.config.preset is not None:
+            table = presets.training_table(self.config.preset, self.config)
+            scale = presets.init_noise_scale(self.config.preset, self._host_sigmas[0], table)
+            return torch.tensor(scale, dtype=torch.float32)
         top = max(self._host_sigmas)
         if self.config.timestep_spacing in ("linspace", "trailing"):
             return torch.tensor(top, dtype=torch.float32)
