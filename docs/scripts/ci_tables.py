@@ -28,13 +28,21 @@ def options_table() -> str:
     """One row per option of ``python -m kdpm2_spec check``."""
     from kdpm2_spec.__main__ import parser
 
-    commands = next(a for a in parser()._actions if isinstance(a, argparse._SubParsersAction))
+    commands = next(
+        a
+        for a in parser()._actions
+        if isinstance(a, argparse._SubParsersAction)
+    )
     check = commands.choices["check"]
     rows = ["| option | values | meaning |", "|---|---|---|"]
     for action in check._actions:
         if isinstance(action, argparse._HelpAction):
             continue
-        flag = "`" + ", ".join(action.option_strings) + "`" if action.option_strings else f"`{action.metavar}`"
+        flag = (
+            "`" + ", ".join(action.option_strings) + "`"
+            if action.option_strings
+            else f"`{action.metavar}`"
+        )
         if action.choices:
             values = ", ".join(f"`{c}`" for c in action.choices)
         elif action.nargs == 0:
@@ -52,12 +60,17 @@ def properties_table() -> str:
     """
     from kdpm2_spec import catalog, conformance
 
-    rows = ["| property | what it checks | tolerance, and why | dtypes |", "|---|---|---|---|"]
+    rows = [
+        "| property | what it checks | tolerance, and why | dtypes |",
+        "|---|---|---|---|",
+    ]
     for name, prop in conformance.PROPERTIES.items():
         dtypes = catalog.dtypes_of(name)
         where = "all" if dtypes == catalog.DTYPE_NAMES else ", ".join(dtypes)
         anchor = f'<a id="{name}"></a>'  # docs/conformance.md links each property here, as ci.md#NAME
-        rows.append(f"| {anchor}`{name}` | {_cell(prop.doc)} | {_cell(catalog.TOLERANCES[name])} | {where} |")
+        rows.append(
+            f"| {anchor}`{name}` | {_cell(prop.doc)} | {_cell(catalog.TOLERANCES[name])} | {where} |"
+        )
     return "\n".join(rows)
 
 
@@ -65,20 +78,32 @@ def dtype_table() -> str:
     """The loop tolerance floor per dtype."""
     from kdpm2_spec import catalog
 
-    rows = ["| dtype | loop tolerance floor (relative to the largest operand) |", "|---|---|"]
+    rows = [
+        "| dtype | loop tolerance floor (relative to the largest operand) |",
+        "|---|---|",
+    ]
     for name in catalog.DTYPE_NAMES:
         floor = catalog.DTYPE_RTOL[name]
-        rows.append(f"| `{name}` | {'each property its own' if floor == 0 else f'{floor:g}'} |")
+        rows.append(
+            f"| `{name}` | {'each property its own' if floor == 0 else f'{floor:g}'} |"
+        )
     return "\n".join(rows)
 
 
-TABLES = {"options": options_table, "properties": properties_table, "dtypes": dtype_table}
+TABLES = {
+    "options": options_table,
+    "properties": properties_table,
+    "dtypes": dtype_table,
+}
 
 
 def render(text: str) -> str:
     """``text`` with every generated section replaced by its current table."""
     for name, table in TABLES.items():
-        pattern = re.compile(rf"(<!-- generated: {name} -->\n).*?(\n<!-- end generated -->)", re.DOTALL)
+        pattern = re.compile(
+            rf"(<!-- generated: {name} -->\n).*?(\n<!-- end generated -->)",
+            re.DOTALL,
+        )
         assert pattern.search(text), f"docs/ci.md lacks the markers of {name}"
         text = pattern.sub(lambda m, t=table: m[1] + t() + m[2], text)  # type: ignore[misc]
     return text
