@@ -146,11 +146,17 @@ def device(value: Any, *, values: bool = False) -> torch.device | None:
         raise ValueError("device must hold values; got 'meta' (meta tensors have no data)")
     if target.type in ("cpu", "meta"):
         return target
+    if target.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device {show(value)} is not available: torch.cuda.is_available() is False")
+    if target.type == "cuda" and (target.index or 0) >= torch.cuda.device_count():
+        raise ValueError(f"device {show(value)} is not available: {torch.cuda.device_count()} CUDA device(s) here")
+    if target.type == "mps" and not torch.backends.mps.is_available():
+        raise ValueError(f"device {show(value)} is not available: torch.backends.mps.is_available() is False")
     try:
         torch.empty(0, device=target)
-    except Exception as error:  # RuntimeError or AssertionError, depending on the build
-        reason = str(error).splitlines()[0] if str(error) else type(error).__name__
-        raise ValueError(f"device {show(value)} is not available here ({reason})") from None
+    except Exception as error:  # RuntimeError or AssertionError, depending on the backend and build
+        reason = " ".join(str(error).split()) or type(error).__name__
+        raise ValueError(f"device {show(value)} is not available here ({show(reason, 80)})") from None
     return target
 
 
