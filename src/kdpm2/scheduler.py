@@ -124,13 +124,13 @@ class KDPM2DiscreteScheduler(ConfigMixin):
         if sum(config[name] for name in FAMILY_FLAGS) > 1:
             raise ValueError("use_karras_sigmas, use_exponential_sigmas and use_beta_sigmas: at most one may be True")
         betas64 = None
+        # checked even when trained_betas replaces them: the config keeps them
+        config["beta_start"] = validation.real("beta_start", beta_start, 0.0, strict=True, below=1.0)
+        config["beta_end"] = validation.real("beta_end", beta_end, 0.0, strict=True, below=1.0)
+        source = f"beta_start={config['beta_start']}, beta_end={config['beta_end']} ({beta_schedule})"
         if trained_betas is not None:
             betas64 = validation.trained_betas(trained_betas, n_train)
             source = "trained_betas"
-        else:
-            config["beta_start"] = validation.real("beta_start", beta_start, 0.0, strict=True, below=1.0)
-            config["beta_end"] = validation.real("beta_end", beta_end, 0.0, strict=True, below=1.0)
-            source = f"beta_start={config['beta_start']}, beta_end={config['beta_end']} ({beta_schedule})"
         lo = config["sigma_min"] = validation.sigma_bound("sigma_min", sigma_min)
         hi = config["sigma_max"] = validation.sigma_bound("sigma_max", sigma_max)
         if lo is not None and hi is not None and lo >= hi:
