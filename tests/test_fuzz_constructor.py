@@ -118,7 +118,7 @@ def test_from_config_agrees_with_the_constructor(base, hostile):
         (
             {"use_karras_sigmas": True, "sigma_min": 100.0},
             "sigma_min must be smaller than sigma_max for the karras sigmas; got sigma_min=100 (given) and "
-            "sigma_max=25.1461 (from the schedule)",  # the linear schedule's largest sigma, 25.1 in the issue
+            "sigma_max=25.1461 (from the schedule of num_inference_steps=1000)",  # the linear schedule's largest sigma, 25.1 in the issue
         ),
     ],
 )

@@ -182,7 +182,7 @@ class KDPM2DiscreteScheduler(ConfigMixin):
             lo = float(sigmas[-1]) if c.sigma_min is None else c.sigma_min
             hi = float(sigmas[0]) if c.sigma_max is None else c.sigma_max
             if count > 1:  # one sigma is sigma_max alone
-                validation.family_bounds(family, lo, hi, c.sigma_min is not None, c.sigma_max is not None)
+                validation.family_bounds(family, lo, hi, c.sigma_min is not None, c.sigma_max is not None, n)
             sigmas = tables.sigma_family(family, count, lo, hi)
             timesteps = tables.sigma_to_t(sigmas, log_sigmas, c.quantize_timesteps)
             if family == "karras" and c.round_karras_timesteps:

@@ -242,11 +242,15 @@ def sigma_bound(name: str, value: float | None) -> float | None:
     return value
 
 
-def family_bounds(family: str, low: float, high: float, given_low: bool, given_high: bool) -> None:
-    """The effective bounds of a sigma family must be increasing, also when one comes from the schedule."""
+def family_bounds(family: str, low: float, high: float, given_low: bool, given_high: bool, steps: int) -> None:
+    """The effective bounds of a sigma family must be increasing, also when one comes from the schedule.
+
+    A bound not given is an end of the spaced schedule of ``steps`` steps, so a configuration can
+    be valid at one step count and not at another.
+    """
     if low < high:
         return
-    where = {True: "given", False: "from the schedule"}
+    where = {True: "given", False: f"from the schedule of num_inference_steps={steps}"}
     raise ValueError(
         f"sigma_min must be smaller than sigma_max for the {family} sigmas; got sigma_min={low:.6g} "
         f"({where[given_low]}) and sigma_max={high:.6g} ({where[given_high]})"
