@@ -316,7 +316,7 @@ class KDPM2DiscreteScheduler(ConfigMixin):
         device sync; any other value is compared with the table. Raises ``ValueError`` if absent.
         """
         if schedule_timesteps is not None:
-            validation.timestep_tensor("schedule_timesteps", schedule_timesteps)
+            validation.timestep_tensor("schedule_timesteps", schedule_timesteps, values=True)
             table = schedule_timesteps.detach().to("cpu").tolist()
             value = lookup.as_float(timestep, schedule_timesteps.dtype)
             return lookup.index_of_value(lookup.first_or_second_index(table), value, timestep)

@@ -299,10 +299,12 @@ def generator(value: Any) -> torch.Generator | None:
     return value
 
 
-def timestep_tensor(name: str, value: Any) -> torch.Tensor:
-    """A dense tensor of real timesteps (integer or float16/bfloat16/float32/float64)."""
+def timestep_tensor(name: str, value: Any, *, values: bool = False) -> torch.Tensor:
+    """A dense tensor of real timesteps (integer or float16/bfloat16/float32/float64); not meta if ``values``."""
     if not isinstance(value, torch.Tensor):
         raise TypeError(f"{name} must be a torch.Tensor; got {type(value).__name__}")
+    if values and value.is_meta:
+        raise TypeError(f"{name} must hold values; got a meta tensor")
     if value.is_nested or value.layout != torch.strided:
         raise TypeError(f"{name} must be a dense tensor; got a {value.layout} tensor")
     if value.dtype == torch.bool or value.is_complex() or (value.is_floating_point() and value.dtype not in TENSOR_DTYPES):
