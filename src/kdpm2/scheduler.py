@@ -368,7 +368,7 @@ class KDPM2DiscreteScheduler(ConfigMixin):
 
         ``generator`` feeds the churn noise when ``s_churn > 0``. Inputs are never modified.
         """
-        validation.step_inputs(model_output, sample, generator)
+        validation.step_inputs(model_output, sample, generator, self.sample)
         k = self._call_index(timestep)  # the step index is assigned only once the call has succeeded
         if k >= self._num_calls:
             raise ValueError(f"step past the end of the schedule: all {self._num_calls} calls have run")
@@ -411,7 +411,7 @@ class KDPM2DiscreteScheduler(ConfigMixin):
         looked up per timestep when no begin index was set (training).
         """
         if isinstance(timesteps, (int, float, np.integer, np.floating)) and not isinstance(timesteps, bool):
-            timesteps = torch.tensor([float(timesteps)])
+            timesteps = torch.tensor([validation.real("timesteps", timesteps)])
         validation.add_noise_inputs(original_samples, noise, timesteps)
         count = timesteps.numel()
         if self._begin_index is None:

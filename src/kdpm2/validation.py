@@ -312,14 +312,22 @@ def timestep_tensor(name: str, value: Any, *, values: bool = False) -> torch.Ten
     return value
 
 
-def step_inputs(model_output: Any, sample: Any, generator_: Any) -> None:
-    """``step``'s tensors and generator: steppable, same shape, same device (metadata only)."""
+def step_inputs(model_output: Any, sample: Any, generator_: Any, stored: torch.Tensor | None = None) -> None:
+    """``step``'s tensors and generator: steppable, same shape, same device (metadata only).
+
+    ``stored`` is the sample kept by the first-order call: the second-order call's must match it.
+    """
     tensor("model_output", model_output)
     tensor("sample", sample)
     if model_output.shape != sample.shape:
         raise ValueError(f"model_output shape {tuple(model_output.shape)} != sample shape {tuple(sample.shape)}")
     if model_output.device != sample.device:
         raise ValueError(f"model_output is on {model_output.device} but sample is on {sample.device}")
+    if stored is not None and (stored.shape != sample.shape or stored.device != sample.device):
+        raise ValueError(
+            f"sample ({tuple(sample.shape)} on {sample.device}) must match the first-order call's sample "
+            f"({tuple(stored.shape)} on {stored.device})"
+        )
     generator(generator_)
 
 
