@@ -89,7 +89,9 @@ def make_timestep(s, spec):
 
 
 batch_timestep_specs = st.one_of(
-    st.tuples(st.sampled_from(["slice", "batch-copy", "one", "empty", "three", "int64", "float8", "complex"]), st.none()),
+    st.tuples(
+        st.sampled_from(["slice", "batch-copy", "one", "empty", "three", "int64", "float8", "complex"]), st.none()
+    ),
     st.tuples(st.sampled_from(["nested", "sparse", "meta", "list", "numpy"]), st.none()),
     hostile_scalars.map(lambda v: ("raw", v)),
 )
@@ -248,12 +250,16 @@ def test_step(case, model_output, sample, timestep, generator, return_dict):
 
 
 @given(case=prepared(), original=tensor_specs, noise=tensor_specs, timesteps=batch_timestep_specs)
-@example(case=({}, 3, 0, False), original=("dense", torch.float32), noise=("dense", torch.float32),
-         timesteps=("empty", None))  # 7: no timestep for a batch of 2
-@example(case=({}, 3, 0, False), original=("dense", torch.float32), noise=("dense", torch.float32),
-         timesteps=("complex", None))
-@example(case=({}, 3, 0, False), original=("dense", torch.float32), noise=("shape", None),
-         timesteps=("slice", None))
+@example(
+    case=({}, 3, 0, False), original=("dense", torch.float32), noise=("dense", torch.float32), timesteps=("empty", None)
+)  # 7: no timestep for a batch of 2
+@example(
+    case=({}, 3, 0, False),
+    original=("dense", torch.float32),
+    noise=("dense", torch.float32),
+    timesteps=("complex", None),
+)
+@example(case=({}, 3, 0, False), original=("dense", torch.float32), noise=("shape", None), timesteps=("slice", None))
 def test_add_noise(case, original, noise, timesteps):
     s, twin = twins(*case)
     kwargs = {
@@ -279,7 +285,9 @@ def test_index_for_timestep(case, timestep, table):
         "complex": s.timesteps.to(torch.complex64),
     }[table]
     kwargs = {"timestep": make_timestep(s, timestep), "schedule_timesteps": schedule}
-    index, error = check(s, twin, "index_for_timestep", kwargs, ["timestep", "schedule_timesteps", "not in the schedule"])
+    index, error = check(
+        s, twin, "index_for_timestep", kwargs, ["timestep", "schedule_timesteps", "not in the schedule"]
+    )
     if error is None:
         assert type(index) is int and 0 <= index < len(s.timesteps)
 

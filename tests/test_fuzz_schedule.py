@@ -16,10 +16,10 @@ from hypothesis import strategies as st
 from helpers_fuzz import (
     ARGS,
     K,
+    advance,
     assert_finite,
     assert_finite_tables,
     assert_same_state,
-    advance,
     call_and_check,
     describe,
     finish_loop,

@@ -64,7 +64,9 @@ def as_float(timestep: Any, dtype: torch.dtype) -> float:
     try:
         return float(torch.as_tensor(timestep, dtype=torch.float64).to(dtype))
     except (TypeError, ValueError, RuntimeError, OverflowError) as error:
-        raise TypeError(f"timestep must be a number or a one-element tensor; got {validation.show(timestep)}") from error
+        raise TypeError(
+            f"timestep must be a number or a one-element tensor; got {validation.show(timestep)}"
+        ) from error
 
 
 def index_of_value(index: dict[float, int], value: float, original: Any) -> int:

@@ -245,9 +245,7 @@ class KDPM2DiscreteScheduler(ConfigMixin):
         if c.s_churn > 0:
             main_t = torch.where(hat != main_sigmas[:-1], tables.sigma_to_t(hat, log_sigmas, quantize), main_t)
         built = tables.interleave(main_sigmas, hat, main_t, lambda s: tables.sigma_to_t(s, log_sigmas, quantize))
-        validation.finite_tables(
-            sigmas=built.sigmas, sigmas_interpol=built.sigmas_interpol, timesteps=built.timesteps
-        )
+        validation.finite_tables(sigmas=built.sigmas, sigmas_interpol=built.sigmas_interpol, timesteps=built.timesteps)
 
         time_dtype = torch.float64 if self._family() is not None and sigmas is None else torch.float32
         device_timesteps = _to_device(built.timesteps, target, time_dtype)

@@ -307,7 +307,11 @@ def timestep_tensor(name: str, value: Any, *, values: bool = False) -> torch.Ten
         raise TypeError(f"{name} must hold values; got a meta tensor")
     if value.is_nested or value.layout != torch.strided:
         raise TypeError(f"{name} must be a dense tensor; got a {value.layout} tensor")
-    if value.dtype == torch.bool or value.is_complex() or (value.is_floating_point() and value.dtype not in TENSOR_DTYPES):
+    if (
+        value.dtype == torch.bool
+        or value.is_complex()
+        or (value.is_floating_point() and value.dtype not in TENSOR_DTYPES)
+    ):
         raise TypeError(f"{name} must hold integers or float16/bfloat16/float32/float64 values; got {value.dtype}")
     return value
 
