@@ -79,6 +79,8 @@ def _float_file(path: str) -> list[float]:
         raise argparse.ArgumentTypeError(f"{path!r} is nested too deeply; expected a flat JSON list") from None
     except ValueError:
         return _floats(",".join(text.split()))
+    if isinstance(values, (int, float)) and not isinstance(values, bool):
+        values = [values]  # a file holding one number
     if not isinstance(values, list) or not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values):
         raise argparse.ArgumentTypeError(f"{path!r} must hold a flat JSON list of numbers")
     try:

@@ -80,6 +80,10 @@ class KDPM2DiscreteScheduler(ConfigMixin):
     - ``quantize_timesteps``: give the model the nearest training timestep (ComfyUI);
     - ``round_karras_timesteps``: round the main Karras timesteps as diffusers does;
     - ``s_churn``, ``s_tmin``, ``s_tmax`` (``None`` is infinity), ``s_noise``: stochastic sampling.
+
+    The valid domain (betas in (0, 1) with finite training sigmas, sigmas within
+    ``validation.SIGMA_RANGE``, ``num_train_timesteps`` up to ``validation.MAX_TRAIN_TIMESTEPS``) is
+    described in :mod:`kdpm2.validation`; a call outside it raises and changes nothing.
     """
 
     _compatibles: ClassVar[list[str]] = list(KARRAS_COMPATIBLES)
