@@ -58,6 +58,8 @@ def check_constructed(s: K, call: str) -> None:
 @example(base={}, hostile={"trained_betas": np.full(1000, 0.01, dtype=np.complex128)})
 @example(base={}, hostile={"beta_end": Fraction(1, 100)})
 @example(base={}, hostile={"s_noise": 1j})
+@example(base={}, hostile={"trained_betas": [torch.tensor(0.0, requires_grad=True)]})  # found by the fuzzer
+@example(base={}, hostile={"trained_betas": [torch.empty((), device="meta")]})  # found by the fuzzer
 # 5. one bound given, the other from the schedule, crossing it
 @example(base={"use_karras_sigmas": True}, hostile={"sigma_min": 100.0})
 @example(base={"use_exponential_sigmas": True}, hostile={"sigma_max": 0.01})

@@ -176,7 +176,7 @@ def array(name: str, value: Any) -> np.ndarray:
         raise TypeError(f"{name} must be a sequence of real numbers; got {show(value)}")
     try:
         raw = np.asarray(value)
-    except (ValueError, TypeError, OverflowError, RecursionError):
+    except Exception:  # anything NumPy cannot read (ragged, too deep, tensors needing grad or on meta, ...)
         raise TypeError(f"{name} must be a sequence of real numbers; got {show(value)}") from None
     if raw.dtype.kind == "O":
         flat = raw.reshape(-1)
