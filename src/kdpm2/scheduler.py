@@ -148,7 +148,7 @@ class KDPM2DiscreteScheduler(ConfigMixin):
             config["trained_betas"] = betas64.tolist()
         betas = tables.train_betas(n_train, config["beta_start"], config["beta_end"], beta_schedule, betas64)
         alphas_cumprod = torch.cumprod(1.0 - betas, dim=0)
-        validation.training_sigmas(_log_sigmas(alphas_cumprod), source)
+        validation.training_sigmas(_log_sigmas(alphas_cumprod), source, betas)
         self.register_to_config(**config)
 
         self.betas = betas

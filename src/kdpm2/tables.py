@@ -57,7 +57,9 @@ def sigma_to_t(sigmas: torch.Tensor, log_sigmas: torch.Tensor, quantize: bool = 
         return nearest_index(log_sigma, log_sigmas).to(F64)
     found = np.searchsorted(log_sigmas.numpy(), log_sigma.numpy(), side="right")  # torch's is 50x slower here
     low = (torch.from_numpy(found) - 1).clamp(0, len(log_sigmas) - 2)
-    w = ((log_sigmas[low] - log_sigma) / (log_sigmas[low] - log_sigmas[low + 1])).clamp(0, 1)
+    width = log_sigmas[low] - log_sigmas[low + 1]
+    # a flat segment (float32 alphas_cumprod stalls under tiny betas) would be 0 / 0: take its start
+    w = torch.where(width != 0, (log_sigmas[low] - log_sigma) / width, 0.0).clamp(0, 1)
     return low + w
 
 

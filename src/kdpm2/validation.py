@@ -257,8 +257,13 @@ def family_bounds(family: str, low: float, high: float, given_low: bool, given_h
     )
 
 
-def training_sigmas(log_sigmas: torch.Tensor, source: str) -> None:
-    """The training sigma table must be finite and within :data:`SIGMA_RANGE` (``source`` names the betas)."""
+def training_sigmas(log_sigmas: torch.Tensor, source: str, betas: torch.Tensor | None = None) -> None:
+    """The training sigma table must be finite and within :data:`SIGMA_RANGE` (``source`` names the betas).
+
+    The float32 ``betas`` must lie in (0, 1) too: a beta that rounds to 0 or 1 in float32 is refused.
+    """
+    if betas is not None and not bool(((betas > 0) & (betas < 1)).all()):
+        raise ValueError(f"{source} give float32 betas outside the open interval (0, 1)")
     sigmas = log_sigmas.exp()
     ok = torch.isfinite(log_sigmas) & (sigmas >= SIGMA_RANGE[0]) & (sigmas <= SIGMA_RANGE[1])
     if not bool(ok.all()):
