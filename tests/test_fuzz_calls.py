@@ -26,6 +26,7 @@ from helpers_fuzz import (
     call_and_check,
     describe,
     hostile_scalars,
+    prepare,
 )
 from kdpm2_spec import strategies as ks
 
@@ -154,7 +155,7 @@ def twins(config, steps, calls, begin):
     pair = []
     for _ in range(2):
         s = K(**config)
-        s.set_timesteps(steps)
+        prepare(s, steps)
         if calls:
             advance(s, calls)
         elif begin:

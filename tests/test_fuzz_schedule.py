@@ -26,6 +26,7 @@ from helpers_fuzz import (
     hostile_arrays,
     hostile_devices,
     hostile_scalars,
+    prepare,
 )
 from kdpm2_spec import strategies as ks
 
@@ -57,7 +58,7 @@ def twins(config, steps, calls):
     pair = []
     for _ in range(2):
         s = K(**config)
-        s.set_timesteps(steps)
+        prepare(s, steps)
         advance(s, calls)
         pair.append(s)
     return pair
