@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+import shutil
+
 import nox
 
 nox.options.sessions = ["tests"]
@@ -37,9 +40,28 @@ def lint(session: nox.Session) -> None:
 
 @nox.session
 def docs(session: nox.Session) -> None:
-    """Build the documentation site with mkdocs --strict."""
+    """Build the documentation site with mkdocs --strict, then check the HTML (code width, roles, loads)."""
     session.install(*TORCH, ".", *group("docs"))
     session.run("mkdocs", "build", "--strict", *session.posargs)
+    session.run("python", "docs/scripts/check_site.py", "site")
+
+
+@nox.session(default=False)
+def screenshots(session: nox.Session) -> None:
+    """Build the site and take a full-page screenshot of every page with headless Chromium.
+
+    A system Chromium is used when one is found (``CHROMIUM=/path``, ``chromium``, ...);
+    otherwise Playwright downloads its own. The PNGs go to ``screenshots/`` (posargs: another
+    folder), one per page at a laptop and at a phone width.
+    """
+    session.install(*TORCH, ".", *group("docs"), "playwright>=1.40")
+    session.run("mkdocs", "build", "--strict")
+    session.run("python", "docs/scripts/check_site.py", "site")
+    if not any(shutil.which(name) for name in ("chromium", "chromium-browser", "google-chrome")) and not (
+        session.env.get("CHROMIUM") or os.environ.get("CHROMIUM")
+    ):
+        session.run("playwright", "install", "--with-deps", "chromium")
+    session.run("python", "docs/scripts/screenshots.py", "site", *(session.posargs or ["screenshots"]))
 
 
 @nox.session

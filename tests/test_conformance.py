@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
-from kdpm2_spec import conformance
+from kdpm2_spec import conformance, gate
 from kdpm2_spec import strategies as ks
 from kdpm2_spec.reference import Reference
 
@@ -56,8 +57,9 @@ def test_ours_conforms() -> None:
 
 def test_diffusers_fails_exactly_its_known_deviations() -> None:
     diffusers = pytest.importorskip("diffusers")
-    report = conformance.run(diffusers.KDPM2DiscreteScheduler, shrink=False)
+    report = conformance.run(diffusers.KDPM2DiscreteScheduler, shrink=False, expect=gate.load("diffusers-0.42"))
     assert set(report.failed) == set(DIFFUSERS_FAILURES), str(report)
+    assert report.exit_status == 0, "the shipped expectation file must gate diffusers 0.42"
     assert set(report.unsupported) == set(DIFFUSERS_UNSUPPORTED), str(report)
     assert "NotImplementedError" in report["prediction_sample"].message
     assert "sigmas_interpol[0]" in report["tables_finite"].message
@@ -81,18 +83,21 @@ def test_cli_passes_ours_and_prints_the_summary_line() -> None:
     assert done.returncode == 0, done.stdout + done.stderr
     lines = done.stdout.strip().splitlines()
     assert lines[-1] == "2 passed, 0 failed"
-    assert [line.split()[0] for line in lines[:-1]] == ["PASS", "PASS"]
+    assert lines[0].startswith("# kdpm2.scheduler:KDPM2DiscreteScheduler on cpu in float64")
+    assert [line.split()[0] for line in lines[1:-1]] == ["PASS", "PASS"]
 
 
 def test_cli_fails_diffusers_with_a_reproducer_that_reproduces() -> None:
     pytest.importorskip("diffusers")
     done = _cli("diffusers:KDPM2DiscreteScheduler", "--only", "illegal_calls", "--no-shrink")
     assert done.returncode == 1
-    line, summary = done.stdout.strip().splitlines()
+    _, line, summary = done.stdout.strip().splitlines()
     assert summary == "0 passed, 1 failed"
     assert line.startswith("FAIL illegal_calls: set_begin_index(")
     command = line.split("reproduce: ")[1]
-    case = command.split("--case ")[1].strip("'\"")
+    import shlex  # a reproducer is one shell command
+
+    case = shlex.split(command)[-1]
     again = _cli("diffusers:KDPM2DiscreteScheduler", "--only", "illegal_calls", "--case", case)
     assert again.returncode != 0 and "must raise ValueError" in again.stderr
 
@@ -119,7 +124,12 @@ def test_configs_respect_the_constructor_signature() -> None:
 def test_docs_conformance_table_matches_the_suite() -> None:
     """docs/conformance.md (generated from a real run) lists every property and diffusers' exact failures."""
     rows = [line.split("|") for line in (ROOT / "docs" / "conformance.md").read_text().splitlines()]
-    table = {cells[1].strip().strip("`"): [c.strip() for c in cells[2:5]] for cells in rows if len(cells) == 6}
+    unlink = re.compile(r"^\[(.+)\]\(ci\.md#.+\)$")  # a property linked to its definition in docs/ci.md
+    table = {
+        unlink.sub(r"\1", cells[1].strip()).strip("`"): [c.strip() for c in cells[2:5]]
+        for cells in rows
+        if len(cells) == 6
+    }
     table.pop("property", None)
     table = {name: marks for name, marks in table.items() if not set(name) <= set("-")}
     assert list(table) == list(conformance.PROPERTIES), "regenerate: python docs/scripts/conformance_table.py"

@@ -16,7 +16,7 @@ from typing import NamedTuple
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-PAGES = [*sorted((ROOT / "docs").glob("*.md")), ROOT / "README.md"]
+PAGES = [*sorted((ROOT / "docs").rglob("*.md")), ROOT / "README.md"]
 SKIP_MARKER = "<!-- skip-example"
 MAX_SKIPPED = 2
 """Skipped examples across all pages: keep them few."""
@@ -58,7 +58,7 @@ def test_examples_are_found_and_few_are_skipped() -> None:
     assert len(skipped) <= MAX_SKIPPED, f"too many skipped examples: {skipped}"
 
 
-@pytest.mark.parametrize("page", [p for p in PAGES if examples(p)], ids=lambda p: p.name)
+@pytest.mark.parametrize("page", [p for p in PAGES if examples(p)], ids=lambda p: p.relative_to(ROOT).as_posix())
 def test_page_examples_run(page: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     import torch
 

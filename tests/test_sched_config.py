@@ -26,6 +26,7 @@ EXTRA_KEYS = (
     "s_tmin",
     "s_tmax",
     "s_noise",
+    "preset",
 )
 
 

@@ -2,16 +2,21 @@
 
 Run from the repository root with the test dependencies installed:
 
-    PYTHONPATH=src:spec python docs/scripts/conformance_table.py
+    PYTHONPATH=src:spec python docs/scripts/conformance_table.py [--render]
 
 It runs ``kdpm2_spec.conformance.run`` on the reference, on ours and on diffusers (``ci`` profile,
-no shrinking), and the tests that hold the reference against k-diffusion's functions, and writes
-one table per comparison with the date, versions and command.
+no shrinking), and the tests that hold the reference against k-diffusion's functions, saves what
+it found in ``conformance.json`` next to this script, and writes one table per comparison with
+the date, versions and command. Each diffusers counterexample is shown whole (as far as the
+suite keeps it), folded in a collapsed block. ``--render`` rewrites the page from the saved
+JSON without running anything (to pick up a change of layout, or the property links to
+``ci.md``, which are added when that page exists).
 """
 
 from __future__ import annotations
 
 import datetime
+import json
 import platform
 import subprocess
 import sys
@@ -22,6 +27,11 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
 OUT = ROOT / "docs" / "conformance.md"
+DATA = Path(__file__).with_name("conformance.json")
+PROPERTY_PAGE = ROOT / "docs" / "ci.md"
+"""The page that defines each property under an anchor named after it; linked when it exists."""
+CUT = 600
+"""Length at which ``kdpm2_spec.conformance`` cuts a failure message."""
 
 KDIFFUSION_ROWS = {
     "test_family_equals_kdiffusion": "Karras and exponential sigmas equal `get_sigmas_karras` / `get_sigmas_exponential`",
@@ -34,7 +44,9 @@ KDIFFUSION_ROWS = {
 }
 
 
-def conformance_rows() -> tuple[list[str], dict[str, dict[str, str]], dict[str, str]]:
+def conformance_rows() -> tuple[
+    list[str], dict[str, dict[str, str]], dict[str, str]
+]:
     """Property names, status per target, and diffusers' failure messages."""
     import diffusers
 
@@ -44,11 +56,20 @@ def conformance_rows() -> tuple[list[str], dict[str, dict[str, str]], dict[str, 
     targets = {
         "Reference": conformance.run(Reference, profile="ci"),
         "kdpm2": conformance.run(kdpm2.KDPM2DiscreteScheduler, profile="ci"),
-        "diffusers": conformance.run(diffusers.KDPM2DiscreteScheduler, profile="ci", shrink=False),
+        "diffusers": conformance.run(
+            diffusers.KDPM2DiscreteScheduler, profile="ci", shrink=False
+        ),
     }
     names = list(conformance.PROPERTIES)
-    status = {t: {r.name: r.status for r in report.results} for t, report in targets.items()}
-    reasons = {r.name: r.message for r in targets["diffusers"].results if r.status != "pass"}
+    status = {
+        t: {r.name: r.status for r in report.results}
+        for t, report in targets.items()
+    }
+    reasons = {
+        r.name: r.message
+        for r in targets["diffusers"].results
+        if r.status != "pass"
+    }
     return names, status, reasons
 
 
@@ -75,7 +96,12 @@ def kdiffusion_rows() -> dict[str, Counter[str]]:
     counts: dict[str, Counter[str]] = {}
     for case in tree.iter("testcase"):
         base = case.get("name", "").split("[")[0].removesuffix("_given")
-        outcome = "failed" if case.find("failure") is not None or case.find("error") is not None else "passed"
+        outcome = (
+            "failed"
+            if case.find("failure") is not None
+            or case.find("error") is not None
+            else "passed"
+        )
         if case.find("skipped") is not None:
             outcome = "skipped"
         counts.setdefault(base, Counter())[outcome] += 1
@@ -83,23 +109,67 @@ def kdiffusion_rows() -> dict[str, Counter[str]]:
 
 
 def mark(status: str) -> str:
-    return {"pass": "pass", "fail": "**fail**", "unsupported": "n/a"}.get(status, status)
+    return {"pass": "pass", "fail": "**fail**", "unsupported": "n/a"}.get(
+        status, status
+    )
 
 
-def main() -> None:
+def measure() -> dict:
+    """Run everything and return what the page shows, as JSON-ready data."""
     import diffusers
     import k_diffusion  # noqa: F401 - its version is reported below
     import torch
 
     names, status, reasons = conformance_rows()
     counts = kdiffusion_rows()
+    return {
+        "date": datetime.date.today().isoformat(),
+        "platform": f"{platform.machine()} CPU, Python {platform.python_version()}",
+        "versions": f"torch {torch.__version__}, diffusers {diffusers.__version__}, k-diffusion 0.1.1.post1",
+        "names": names,
+        "status": status,
+        "reasons": reasons,
+        "counts": {test: dict(c) for test, c in counts.items()},
+    }
+
+
+def property_cell(name: str) -> str:
+    """The property's name, linked to its definition on the CI page when that page exists."""
+    return (
+        f"[`{name}`](ci.md#{name})" if PROPERTY_PAGE.exists() else f"`{name}`"
+    )
+
+
+def folded(name: str, status: str, reason: str) -> list[str]:
+    """A counterexample as a collapsed block: the property in the title, each message whole.
+
+    Hypothesis may report several distinct failures, joined by `` / ``: one item each. The
+    messages are inline code, which the browser wraps at spaces, so no line scrolls sideways.
+    """
+    kind = "note" if status == "n/a" else "failure"
+    items = []
+    for part in reason.split(" / "):
+        text = part.strip().replace(
+            "`", "'"
+        )  # a code span: brackets in the message are not links
+        if len(part) >= CUT:
+            text += " ..."
+            note = f" (the message ends here: `kdpm2_spec.conformance` keeps {CUT} characters)"
+        else:
+            note = ""
+        items.append(f"    - `{text}`{note}")
+    return [f'??? {kind} "{name}: {status.strip("*")}"', "", *items, ""]
+
+
+def render(data: dict) -> str:
+    """The Markdown page for one run's data."""
+    names, status, reasons = data["names"], data["status"], data["reasons"]
     lines = [
         "# Conformance",
         "",
         "Generated by `PYTHONPATH=src:spec python docs/scripts/conformance_table.py` on "
-        f"{datetime.date.today().isoformat()} ({platform.machine()} CPU, Python {platform.python_version()}, "
-        f"torch {torch.__version__}, diffusers {diffusers.__version__}, k-diffusion 0.1.1.post1), Hypothesis "
-        "profile `ci`. Run it yourself with `python -m kdpm2_spec check MODULE:CLASS`.",
+        f"{data['date']} ({data['platform']}, {data['versions']}), Hypothesis profile `ci`. Run it "
+        "yourself with `python -m kdpm2_spec check MODULE:CLASS`.",
         "",
         "## Schedulers with diffusers' API",
         "",
@@ -107,13 +177,19 @@ def main() -> None:
         "|---|---|---|---|",
     ]
     for name in names:
-        lines.append(f"| `{name}` | " + " | ".join(mark(status[t][name]) for t in status) + " |")
-    lines += ["", "Why diffusers fails or cannot be asked (first counterexample, unshrunk):", ""]
-    for name, reason in reasons.items():
-        text = reason[:300].replace("`", "'")  # a code span: brackets in the message are not links
-        lines.append(f"- `{name}` ({mark(status['diffusers'][name])}): `{text}`")
+        lines.append(
+            f"| {property_cell(name)} | "
+            + " | ".join(mark(status[t][name]) for t in status)
+            + " |"
+        )
     lines += [
         "",
+        "Why diffusers fails or cannot be asked (first counterexample, unshrunk; click to unfold):",
+        "",
+    ]
+    for name, reason in reasons.items():
+        lines += folded(name, mark(status["diffusers"][name]), reason)
+    lines += [
         "## k-diffusion's functions",
         "",
         "k-diffusion has no scheduler object; `tests/test_spec_vs_kdiffusion.py` holds the reference",
@@ -123,9 +199,19 @@ def main() -> None:
         "|---|---|---|",
     ]
     for test, text in KDIFFUSION_ROWS.items():
-        c = counts.get(test, Counter())
+        c = Counter(data["counts"].get(test, {}))
         lines.append(f"| {text} | {c['passed']} | {sum(c.values())} |")
-    OUT.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    return "\n".join(lines) + "\n"
+
+
+def main() -> None:
+    if "--render" in sys.argv[1:]:
+        data = json.loads(DATA.read_text(encoding="utf-8"))
+    else:
+        data = measure()
+        DATA.write_text(json.dumps(data, indent=1) + "\n", encoding="utf-8")
+        print(f"wrote {DATA}")
+    OUT.write_text(render(data), encoding="utf-8")
     print(f"wrote {OUT}")
 
 

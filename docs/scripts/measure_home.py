@@ -39,7 +39,10 @@ def step_call(cls, shape: tuple[int, ...]) -> float:
             x = scheduler.step(output, t, x).prev_sample
 
     calls = 49
-    return best_of(loop, repeats=5) / calls - best_of(lambda: scheduler.set_timesteps(25), repeats=5) / calls
+    return (
+        best_of(loop, repeats=5) / calls
+        - best_of(lambda: scheduler.set_timesteps(25), repeats=5) / calls
+    )
 
 
 def main() -> None:
@@ -47,7 +50,10 @@ def main() -> None:
         warnings.simplefilter("ignore")
         import diffusers
     torch.set_num_threads(1)
-    ours, theirs = kdpm2.KDPM2DiscreteScheduler(), diffusers.KDPM2DiscreteScheduler()
+    ours, theirs = (
+        kdpm2.KDPM2DiscreteScheduler(),
+        diffusers.KDPM2DiscreteScheduler(),
+    )
     print(
         f"{platform.processor() or platform.machine()}, torch {torch.__version__}, diffusers {diffusers.__version__}, 1 thread"
     )
@@ -56,12 +62,16 @@ def main() -> None:
     for n in (1000, 25):
         a = best_of(lambda n=n: ours.set_timesteps(n), number=3)
         b = best_of(lambda n=n: theirs.set_timesteps(n), number=3)
-        print(f"| `set_timesteps({n})` | {a * 1e3:.2f} ms | {b * 1e3:.2f} ms | {b / a:.0f}x |")
+        print(
+            f"| `set_timesteps({n})` | {a * 1e3:.2f} ms | {b * 1e3:.2f} ms | {b / a:.0f}x |"
+        )
     for shape in ((1, 4, 64, 64), (4, 4, 128, 128)):
         a = step_call(kdpm2.KDPM2DiscreteScheduler, shape)
         b = step_call(diffusers.KDPM2DiscreteScheduler, shape)
         name = "x".join(map(str, shape))
-        print(f"| one `step` call, {name} fp32 | {a * 1e6:.0f} us | {b * 1e6:.0f} us | {b / a:.1f}x |")
+        print(
+            f"| one `step` call, {name} fp32 | {a * 1e6:.0f} us | {b * 1e6:.0f} us | {b / a:.1f}x |"
+        )
 
 
 if __name__ == "__main__":

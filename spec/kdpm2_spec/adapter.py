@@ -9,9 +9,13 @@ from __future__ import annotations
 
 import copy
 import importlib
+import inspect
+import types
 from typing import Any, Protocol
 
 import numpy as np
+
+from kdpm2_spec.catalog import DTYPE_NAMES
 
 
 class Adapter(Protocol):
@@ -48,13 +52,13 @@ class NoiseSource:
         if self.torch is None:
             return self.rng.standard_normal(shape)
         self.torch.randn(shape, generator=self.generator, dtype=self.dtype)  # keep both streams in step
-        return self.torch.randn(shape, generator=self.twin, dtype=self.dtype).numpy().astype(np.float64)
+        return self.torch.randn(shape, generator=self.twin, dtype=self.dtype).double().numpy()
 
     def step_draw(self, shape: tuple[int, ...]) -> np.ndarray:
         """The draw ``step`` makes next (a torch scheduler draws it itself; here it comes from the twin)."""
         if self.torch is None:
             return self.rng.standard_normal(shape)
-        return self.torch.randn(shape, generator=self.twin, dtype=self.dtype).numpy().astype(np.float64)
+        return self.torch.randn(shape, generator=self.twin, dtype=self.dtype).double().numpy()
 
     def step_kwargs(self, noise: np.ndarray | None) -> dict[str, Any]:
         """Extra ``step`` arguments: the generator (torch) or the drawn ``noise`` (NumPy)."""
@@ -87,11 +91,22 @@ class NumpyAdapter:
 
 
 class TorchAdapter:
-    """Adapter for diffusers-style torch schedulers; tensors live on ``device`` in ``dtype``."""
+    """Adapter for diffusers-style torch schedulers; tensors live on ``device`` in ``dtype``.
+
+    ``device`` is any torch device string (``cpu``, ``cuda``, ``cuda:1``, ``mps``...); every
+    scheduler it creates gets ``set_timesteps(..., device=device)`` unless the call names one
+    (or ``set_timesteps`` has no ``device`` argument).
+    """
 
     def __init__(self, cls: Any, device: str = "cpu", dtype: str = "float64") -> None:
         self.torch = importlib.import_module("torch")
-        self.cls, self.device, self.dtype = cls, device, getattr(self.torch, dtype)
+        if dtype not in DTYPE_NAMES:
+            raise ValueError(f"dtype must be one of {', '.join(DTYPE_NAMES)}, got {dtype!r}")
+        try:
+            self.torch.device(device)
+        except (RuntimeError, TypeError) as error:
+            raise ValueError(f"device must be a torch device string such as 'cpu' or 'cuda', got {device!r}") from error
+        self.cls, self.device, self.dtype = cls, str(device), getattr(self.torch, dtype)
         self.dtype_name = dtype
         self._built: dict[str, Any] = {}
 
@@ -110,7 +125,10 @@ class TorchAdapter:
             if len(self._built) > 64:
                 self._built.clear()
             self._built[key] = self.cls(**config)
-        return copy.deepcopy(self._built[key])
+        scheduler = copy.deepcopy(self._built[key])
+        if self.device != "cpu" and "device" in inspect.signature(self.cls.set_timesteps).parameters:
+            _pass_device(scheduler, self.device)
+        return scheduler
 
     def tensor(self, array: np.ndarray) -> Any:
         return self.torch.as_tensor(np.asarray(array), dtype=self.dtype, device=self.device)
@@ -121,3 +139,16 @@ class TorchAdapter:
         elif isinstance(value, (list, tuple)) and value and isinstance(value[0], self.torch.Tensor):
             value = [float(v) for v in value]
         return np.array(value, dtype=np.float64)
+
+
+def _pass_device(scheduler: Any, device: str) -> None:
+    """Make ``scheduler.set_timesteps`` build its tables on ``device`` unless a call names another.
+
+    A bound method (not a closure), so that a deep copy of the scheduler stays bound to the copy.
+    """
+
+    def set_timesteps(self: Any, *args: Any, **kwargs: Any) -> Any:
+        kwargs.setdefault("device", device)
+        return type(self).set_timesteps(self, *args, **kwargs)
+
+    scheduler.set_timesteps = types.MethodType(set_timesteps, scheduler)

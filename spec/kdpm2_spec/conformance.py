@@ -11,6 +11,12 @@
 A property that needs an argument or method the class lacks (custom ``sigmas``, churn, a dtype
 other than float64...) is reported ``unsupported`` rather than failed. A failure carries the
 shrunk case and a command that reproduces it.
+
+``run(..., device="cuda", dtype="float16")`` drives the implementation with tensors there (see
+:mod:`kdpm2_spec.catalog` for which properties run in which dtype, and the tolerance floor of
+each dtype); ``seed=N`` fixes Hypothesis' draws, ``database=DIR`` replays and saves examples
+(none by default, so a verdict depends only on the seed, the versions and the arguments);
+``expect={name: reason}`` marks known failures (see :mod:`kdpm2_spec.gate`).
 """
 
 from __future__ import annotations
@@ -19,16 +25,21 @@ import inspect
 import math
 import tempfile
 import traceback
-from collections.abc import Callable
-from dataclasses import dataclass, field
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from typing import Any, NamedTuple
 
 import numpy as np
 
-from kdpm2_spec import invariants
+from kdpm2_spec import catalog, invariants
 from kdpm2_spec import strategies as ks
 from kdpm2_spec.adapter import NumpyAdapter, TorchAdapter
 from kdpm2_spec.reference import Reference, model_output_for
+from kdpm2_spec.report import EXIT_FAILED as EXIT_FAILED  # re-exported: the exit statuses of a run
+from kdpm2_spec.report import EXIT_OK as EXIT_OK
+from kdpm2_spec.report import EXIT_STALE as EXIT_STALE
+from kdpm2_spec.report import EXIT_USAGE as EXIT_USAGE
+from kdpm2_spec.report import Report, Result
 
 EXACT_RTOL = 1e-12
 """float64 loops: the implementation may differ from the reference by rounding only."""
@@ -56,11 +67,21 @@ class Target:
     set_timesteps_args: frozenset[str]
 
     @classmethod
-    def of(cls, cls_or_adapter: Any) -> Target:
-        """A target for a class (torch unless it is :class:`Reference`) or a ready adapter."""
+    def of(cls, cls_or_adapter: Any, device: str = "cpu", dtype: str = "float64") -> Target:
+        """A target for a class (torch unless it is :class:`Reference`) or a ready adapter.
+
+        A class gets tensors on ``device`` in ``dtype``; :class:`Reference` works in NumPy float64.
+        """
+        if dtype not in catalog.DTYPE_NAMES:
+            raise ValueError(f"dtype must be one of {', '.join(catalog.DTYPE_NAMES)}, got {dtype!r}")
+        adapter: Any
         if isinstance(cls_or_adapter, type):
-            is_numpy = issubclass(cls_or_adapter, Reference)
-            adapter = NumpyAdapter(cls_or_adapter) if is_numpy else TorchAdapter(cls_or_adapter)
+            if issubclass(cls_or_adapter, Reference):
+                if (device, dtype) != ("cpu", "float64"):
+                    raise ValueError(f"the NumPy Reference runs on cpu in float64 only, not {device} {dtype}")
+                adapter = NumpyAdapter(cls_or_adapter)
+            else:
+                adapter = TorchAdapter(cls_or_adapter, device, dtype)
         else:
             adapter = cls_or_adapter
         klass = adapter.cls
@@ -163,7 +184,9 @@ def run_loop(
     """Sample with the reference and the implementation, feeding both the reference's model output.
 
     ``begin`` (full steps) starts mid-schedule from ``add_noise`` after ``set_begin_index``.
+    ``rtol`` is raised to the floor of the adapter's dtype (:data:`catalog.DTYPE_RTOL`).
     """
+    rtol = max(rtol, catalog.DTYPE_RTOL.get(getattr(adapter, "dtype_name", "float64"), 0.0))
     ref, impl, text = _built(target, config, **timesteps_args)
     calls = len(ref.timesteps)
     assert len(impl.timesteps) == calls, f"len(timesteps)={len(impl.timesteps)}, but should be {calls} [{text}]"
@@ -555,60 +578,6 @@ def convergence_order(target: Target, case: None) -> None:
 # -- running ------------------------------------------------------------------------------------
 
 
-@dataclass
-class Result:
-    """The outcome of one property: ``pass``, ``fail`` or ``unsupported``."""
-
-    name: str
-    status: str
-    doc: str
-    message: str = ""
-    case: Any = None
-    reproducer: str = ""
-
-    def line(self) -> str:
-        """One line of the report (a failure's message, case and reproducer follow on it)."""
-        if self.status == "pass":
-            return f"PASS {self.name}: {self.doc}"
-        if self.status == "unsupported":
-            return f"UNSUPPORTED {self.name}: {self.message}"
-        return f"FAIL {self.name}: {self.message} | case: {self.case!r} | reproduce: {self.reproducer}"
-
-
-@dataclass
-class Report:
-    """All results of a run; ``failed`` lists the names of the failed properties."""
-
-    target: str
-    results: list[Result] = field(default_factory=list)
-
-    @property
-    def passed(self) -> list[str]:
-        return [r.name for r in self.results if r.status == "pass"]
-
-    @property
-    def failed(self) -> list[str]:
-        return [r.name for r in self.results if r.status == "fail"]
-
-    @property
-    def unsupported(self) -> list[str]:
-        return [r.name for r in self.results if r.status == "unsupported"]
-
-    @property
-    def ok(self) -> bool:
-        return not self.failed
-
-    def __getitem__(self, name: str) -> Result:
-        return next(r for r in self.results if r.name == name)
-
-    def summary(self) -> str:
-        """The last line: ``N passed, M failed`` (unsupported properties are listed, not counted)."""
-        return f"{len(self.passed)} passed, {len(self.failed)} failed"
-
-    def __str__(self) -> str:
-        return "\n".join([*(r.line() for r in self.results), self.summary()])
-
-
 def _first_line(error: BaseException) -> str:
     group = getattr(error, "exceptions", None)  # an ExceptionGroup: Hypothesis found distinct failures
     if isinstance(group, tuple):
@@ -617,16 +586,55 @@ def _first_line(error: BaseException) -> str:
     return " ".join(text.split())[:600]
 
 
-def check_one(target: Target, name: str, profile: str | None = None, shrink: bool = True) -> Result:
+def derandomized(profile: str | None, default: bool = False) -> bool:
+    """Whether ``profile`` fixes the draws (``ci`` does), read from :data:`strategies.PROFILES`.
+
+    Read there, not from the registered profile, which inherits whatever profile was loaded.
+    """
+    return bool(ks.PROFILES.get(profile or "", {}).get("derandomize", default))
+
+
+def _dtype_name(target: Target) -> str:
+    return str(getattr(target.adapter, "dtype_name", "float64"))
+
+
+def _options(target: Target, seed: int | None) -> str:
+    """The ``check`` options that reproduce a run's device, dtype and seed (defaults left out)."""
+    device = str(getattr(target.adapter, "device", "cpu"))
+    options = [] if device == "cpu" else [f"--device {device}"]
+    options += [] if _dtype_name(target) == "float64" else [f"--dtype {_dtype_name(target)}"]
+    return " ".join(options + ([] if seed is None else [f"--seed {seed}"]))
+
+
+def check_one(
+    target: Target,
+    name: str,
+    profile: str | None = None,
+    shrink: bool = True,
+    seed: int | None = None,
+    database: str | None = None,
+) -> Result:
     """Run one property under the Hypothesis ``profile`` (the loaded one if ``None``).
 
     Pinned examples whose configuration the class does not accept are skipped; ``shrink=False``
     reports the first failing case as found (diffusers' constructor makes shrinking slow).
+    ``seed`` fixes the random draws (else the profile decides: ``ci`` is derandomized);
+    ``database`` is a directory of saved examples (default: none, so nothing carries over; with
+    one, draws are random unless ``seed`` is given, as Hypothesis requires).
+    A property that does not run in the target's dtype (:data:`catalog.DTYPES`) is ``unsupported``.
     """
     from hypothesis import Phase, example, given, settings
+    from hypothesis import seed as fix_seed
+    from hypothesis.database import DirectoryBasedExampleDatabase
 
+    from kdpm2_spec.cases import reproducer
+
+    ks.register_profiles(load=False)
     prop_ = PROPERTIES[name]
-    failing: list[Any] = []
+    dtypes = catalog.dtypes_of(name)
+    if _dtype_name(target) not in dtypes:
+        return Result(name, "unsupported", prop_.doc, f"runs in {' or '.join(dtypes)} only (tolerance: see docs/ci.md)")
+    failing: list[tuple[Any, BaseException]] = []
     unsupported: list[str] = []
 
     def test(case: Any) -> None:
@@ -634,8 +642,8 @@ def check_one(target: Target, name: str, profile: str | None = None, shrink: boo
             prop_.check(target, case)
         except Unsupported as why:
             unsupported.append(str(why))
-        except BaseException:
-            failing.append(case)
+        except BaseException as error:
+            failing.append((case, error))
             raise
 
     chosen = settings() if profile is None else settings.get_profile(profile)
@@ -644,21 +652,42 @@ def check_one(target: Target, name: str, profile: str | None = None, shrink: boo
     for pinned in reversed(prop_.examples):
         if set(getattr(pinned, "config", {})) <= target.args:
             runner = example(pinned)(runner)
-    wrapped = settings(chosen, database=None, phases=phases)(runner)
+    db = None if database is None else DirectoryBasedExampleDatabase(database)
+    if seed is not None:
+        runner = fix_seed(seed)(runner)
+    derandomize = derandomized(profile, chosen.derandomize) and seed is None and database is None
+    wrapped = settings(chosen, database=db, phases=phases, derandomize=derandomize)(runner)
     try:
         wrapped()
     except Exception as error:
-        case = failing[-1] if failing else None
-        reproducer = f"python -m kdpm2_spec check {target.name} --only {name} --case {repr(case)!r}"
-        return Result(name, "fail", prop_.doc, _first_line(error), case, reproducer)
+        case = _failing_case(error, failing)
+        command = reproducer(target.name, name, case, _options(target, seed))
+        return Result(name, "fail", prop_.doc, _first_line(error), case, command)
     if unsupported:
         return Result(name, "unsupported", prop_.doc, unsupported[0])
     return Result(name, "pass", prop_.doc)
 
 
-def check_case(cls_or_adapter: Any, name: str, case: Any) -> None:
-    """Check one property on one case (a reproducer): raises what the property raises."""
-    PROPERTIES[name].check(Target.of(cls_or_adapter), case)
+def _failing_case(error: BaseException, failing: list[tuple[Any, BaseException]]) -> Any:
+    """The case that raised ``error`` (the first of a group): the report's message and case must match.
+
+    Hypothesis raises the first failing pinned example's error after running them all, but a
+    shrunk failure from a final replay, the last call.
+    """
+    group = getattr(error, "exceptions", None)
+    first = group[0] if isinstance(group, tuple) and group else error
+    return next((case for case, raised in failing if raised is first), failing[-1][0] if failing else None)
+
+
+def check_case(cls_or_adapter: Any, name: str, case: Any, device: str = "cpu", dtype: str = "float64") -> None:
+    """Check one property on one case (a reproducer): raises what the property raises.
+
+    Raises :class:`Unsupported` when the property does not run in ``dtype``.
+    """
+    target = Target.of(cls_or_adapter, device, dtype)
+    if _dtype_name(target) not in catalog.dtypes_of(name):
+        raise Unsupported(f"{name} runs in {' or '.join(catalog.dtypes_of(name))} only")
+    PROPERTIES[name].check(target, case)
 
 
 def run(
@@ -667,23 +696,39 @@ def run(
     only: list[str] | None = None,
     echo: Callable[[str], None] | None = None,
     shrink: bool = True,
+    device: str = "cpu",
+    dtype: str = "float64",
+    seed: int | None = None,
+    database: str | None = None,
+    expect: Mapping[str, str] | None = None,
 ) -> Report:
     """Check every property (or ``only`` these) against a scheduler class or adapter.
 
     ``profile`` names a Hypothesis settings profile (``ci``, ``dev``, ``thorough``; default: the
-    one ``$HYPOTHESIS_PROFILE`` names). ``echo`` receives each report line as it is decided.
+    one ``$HYPOTHESIS_PROFILE`` names). ``echo`` receives the header and each report line as it
+    is decided. ``device`` and ``dtype`` place a class's tensors (an adapter keeps its own);
+    ``seed`` and ``database`` as in :func:`check_one`; ``expect`` maps known failures to their reason.
     """
     name = ks.register_profiles(load=False)
     profile = profile or name
-    target = Target.of(cls_or_adapter)
-    report = Report(target.name)
+    unknown = sorted(set(only or ()) - set(PROPERTIES))
+    if unknown:
+        raise ValueError(f"unknown properties {unknown}; choose from {sorted(PROPERTIES)}")
+    target = Target.of(cls_or_adapter, device, dtype)
+    expected = None if expect is None else dict(expect)
+    device = str(getattr(target.adapter, "device", "cpu"))
+    fixed = derandomized(profile) and database is None
+    report = Report(target.name, [], device, _dtype_name(target), profile, seed, expected, fixed)
+    if echo is not None:
+        echo(report.header())
     for prop_name in only or list(PROPERTIES):
         try:
-            result = check_one(target, prop_name, profile, shrink)
+            result = check_one(target, prop_name, profile, shrink, seed, database)
         except Exception as error:  # the harness itself must not crash on a broken class
             result = Result(
                 prop_name, "fail", "", f"harness error: {_first_line(error)}", None, traceback.format_exc(limit=1)
             )
+        result.expected = (expected or {}).get(prop_name, "")
         report.results.append(result)
         if echo is not None:
             echo(result.line())

@@ -17,13 +17,14 @@ import tempfile
 from collections.abc import Sequence
 from typing import Any
 
-from kdpm2 import functional, validation
+from kdpm2 import functional, presets, validation
 
 CHOICES = {
     "beta_schedule": validation.BETA_SCHEDULES,
     "prediction_type": functional.PREDICTION_TYPES,
     "timestep_spacing": validation.TIMESTEP_SPACINGS,
     "sigma_interpolation": validation.SIGMA_INTERPOLATIONS,
+    "preset": presets.NAMES,
 }
 """Constructor arguments that take one of a few names."""
 
@@ -96,6 +97,8 @@ def _option_type(name: str, parameter: inspect.Parameter) -> dict[str, Any]:
         return {"type": _float_file, "metavar": "FILE", "help": "betas from a file (JSON list or one per line)"}
     if isinstance(default, bool):
         return {"action": argparse.BooleanOptionalAction, "help": f"(default: {default})"}
+    if name == "preset":
+        return {"choices": CHOICES[name], "metavar": "NAME", "help": _PRESET_HELP}
     if name in CHOICES:
         return {"choices": CHOICES[name], "help": f"(default: {default})"}
     if isinstance(default, int):
@@ -104,6 +107,14 @@ def _option_type(name: str, parameter: inspect.Parameter) -> dict[str, Any]:
         shown = "from the schedule" if name.startswith("sigma_") else "infinity" if name == "s_tmax" else default
         return {"type": float, "metavar": "FLOAT", "help": f"(default: {shown})"}
     return {"type": str, "help": f"(default: {default})"}
+
+
+_PRESET_HELP = (
+    "reproduce a front-end's DPM2 sampler: "
+    + ", ".join(presets.NAMES)
+    + "; sets the other options to the preset's and prints, per model call, sigma, timestep and c_in, "
+    "and the initial-noise factor"
+)
 
 
 def add_scheduler_options(parser: argparse.ArgumentParser) -> None:
@@ -209,12 +220,18 @@ def run_schedule(args: argparse.Namespace) -> int:
     from kdpm2.scheduler import KDPM2DiscreteScheduler
 
     config = {name: getattr(args, name) for name in KDPM2DiscreteScheduler._init_parameters() if name in args}
-    scheduler = KDPM2DiscreteScheduler(**config)
+    preset = config.pop("preset", None)
+    if preset is not None:
+        scheduler = KDPM2DiscreteScheduler.from_preset(preset, None, **config)
+    else:
+        scheduler = KDPM2DiscreteScheduler(**config)
     scheduler.set_timesteps(args.steps, sigmas=args.sigmas, timesteps=args.timesteps)
     rows = calls(scheduler)
     if not all(math.isfinite(row[key]) for row in rows for key in ("timestep", "sigma", "to_sigma")):
         raise ValueError("the schedule holds non-finite values; this configuration is out of range")
-    if args.json:
+    if preset is not None:
+        print(json.dumps(preset_json(scheduler), indent=2, allow_nan=False) if args.json else preset_table(scheduler))
+    elif args.json:
         print(json.dumps(schedule_json(scheduler), indent=2, allow_nan=False))  # NaN is not JSON
     else:
         print(schedule_table(scheduler))
@@ -264,4 +281,32 @@ def schedule_table(scheduler: Any) -> str:
         lines.append(
             f"{row['call']:>4} {row['order']:>5} {row['timestep']:>12.6g} {row['sigma']:>12.6g} {row['to_sigma']:>12.6g}"
         )
+    return "\n".join(lines)
+
+
+def preset_calls(scheduler: Any) -> list[list[float]]:
+    """``[sigma, timestep, c_in]`` per model call: what a front-end's UNet sees (``c_in = 1/sqrt(sigma^2 + 1)``)."""
+    return [[row["sigma"], row["timestep"], 1 / math.sqrt(row["sigma"] ** 2 + 1)] for row in calls(scheduler)]
+
+
+def preset_json(scheduler: Any) -> dict[str, Any]:
+    """A preset's model calls and the factor on the initial unit noise, with the config."""
+    return {
+        "preset": scheduler.config.preset,
+        "num_inference_steps": scheduler.num_inference_steps,
+        "init_noise_scale": float(scheduler.init_noise_sigma),
+        "calls": preset_calls(scheduler),
+        "config": dict(scheduler.config),
+    }
+
+
+def preset_table(scheduler: Any) -> str:
+    """A preset's model calls as a table, after a line with the initial-noise factor."""
+    rows = preset_calls(scheduler)
+    lines = [
+        f"preset {scheduler.config.preset}: {scheduler.num_inference_steps} steps, {len(rows)} model calls, "
+        f"initial noise = unit noise x {float(scheduler.init_noise_sigma):.9g}",
+        f"{'call':>4} {'sigma':>14} {'timestep':>14} {'c_in':>14}",
+    ]
+    lines += [f"{k:>4} {sigma:>14.9g} {t:>14.9g} {c_in:>14.9g}" for k, (sigma, t, c_in) in enumerate(rows)]
     return "\n".join(lines)

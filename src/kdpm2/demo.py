@@ -341,7 +341,7 @@ def plot(result: Result, path: str) -> None:
     from matplotlib.figure import Figure
     from matplotlib.ticker import NullFormatter, ScalarFormatter
 
-    figure = Figure(figsize=(15, 5), layout="constrained")
+    figure = Figure(figsize=(10.5, 3.8), layout="constrained")  # text readable when a page shrinks it
     samples, trajectories, errors = figure.subplots(1, 3)
 
     assert result.samples is not None and result.data is not None
@@ -373,7 +373,7 @@ def plot(result: Result, path: str) -> None:
     errors.xaxis.set_major_formatter(ScalarFormatter())
     errors.xaxis.set_minor_formatter(NullFormatter())
     errors.legend()
-    figure.savefig(path, dpi=110)
+    figure.savefig(path, dpi=160)
 
 
 def progress(items: Iterable[T], label: str, total: int) -> Iterator[T]:

@@ -14,7 +14,7 @@ from typing import Any, ClassVar
 import numpy as np
 import torch
 
-from kdpm2 import functional, lookup, tables, validation
+from kdpm2 import functional, lookup, presets, tables, validation
 from kdpm2.configuration import ConfigMixin
 
 KARRAS_COMPATIBLES = (
@@ -79,7 +79,9 @@ class KDPM2DiscreteScheduler(ConfigMixin):
     - ``discard_penultimate_sigma``: build ``n + 1`` sigmas and drop the last non-zero (A1111, ComfyUI);
     - ``quantize_timesteps``: give the model the nearest training timestep (ComfyUI);
     - ``round_karras_timesteps``: round the main Karras timesteps as diffusers does;
-    - ``s_churn``, ``s_tmin``, ``s_tmax`` (``None`` is infinity), ``s_noise``: stochastic sampling.
+    - ``s_churn``, ``s_tmin``, ``s_tmax`` (``None`` is infinity), ``s_noise``: stochastic sampling;
+    - ``preset``: reproduce a ComfyUI or AUTOMATIC1111 DPM2 sampler (``kdpm2.presets``; build it with
+      :meth:`from_preset`, which also sets the other arguments to the preset's).
 
     The valid domain (betas in (0, 1) with finite training sigmas, sigmas within
     ``validation.SIGMA_RANGE``, ``num_train_timesteps`` up to ``validation.MAX_TRAIN_TIMESTEPS``) is
@@ -112,6 +114,7 @@ class KDPM2DiscreteScheduler(ConfigMixin):
         s_tmin: float = 0.0,
         s_tmax: float | None = None,
         s_noise: float = 1.0,
+        preset: str | None = None,
     ) -> None:
         config = dict(locals())
         del config["self"]
@@ -146,6 +149,8 @@ class KDPM2DiscreteScheduler(ConfigMixin):
         config["s_noise"] = validation.real("s_noise", s_noise, 0.0, below=validation.SIGMA_RANGE[1])
         if betas64 is not None:
             config["trained_betas"] = betas64.tolist()
+        if preset is not None:
+            config["preset"] = presets.check(config)
         betas = tables.train_betas(n_train, config["beta_start"], config["beta_end"], beta_schedule, betas64)
         alphas_cumprod = torch.cumprod(1.0 - betas, dim=0)
         validation.training_sigmas(_log_sigmas(alphas_cumprod), source, betas)
@@ -154,13 +159,30 @@ class KDPM2DiscreteScheduler(ConfigMixin):
         self.betas = betas
         self.alphas = 1.0 - self.betas
         self.alphas_cumprod = alphas_cumprod
+        if preset is not None:  # the front-ends' float64 LDM table, stored in float32
+            self.betas = tables.ldm_betas(n_train, config["beta_start"], config["beta_end"]).float()
+            self.alphas = 1.0 - self.betas
+            self.alphas_cumprod = tables.ldm_alphas_cumprod(n_train, config["beta_start"], config["beta_end"]).float()
         # diffusers builds the full-length schedule here; with the discard it has one step fewer
         self.set_timesteps(n_train - 1 if config["discard_penultimate_sigma"] else n_train)
 
     # -- schedule -----------------------------------------------------------------------------
 
+    @classmethod
+    def from_preset(cls, name: str, config: dict[str, Any] | None = None, **overrides: Any) -> KDPM2DiscreteScheduler:
+        """A scheduler that reproduces front-end sampler ``name`` (see ``kdpm2.presets.NAMES``).
+
+        ``config`` (a loaded pipeline's ``scheduler.config``, say) gives the training schedule's size
+        and ends and the prediction type; the preset's settings replace its spacing and flags (its
+        ``steps_offset`` is kept and has no effect). ``overrides`` may set anything the preset leaves
+        open (``prediction_type``...).
+        """
+        return cls.from_config(presets.configure(name, config, overrides))
+
     @property
     def _log_sigmas64(self) -> torch.Tensor:
+        if self.config.preset is not None:
+            return presets.training_table(self.config.preset, self.config).log_sigmas.to(torch.float64)
         return _log_sigmas(self.alphas_cumprod)
 
     def _family(self) -> str | None:
@@ -227,9 +249,16 @@ class KDPM2DiscreteScheduler(ConfigMixin):
         # build everything first; the scheduler is assigned only once nothing can fail any more
         log_sigmas = self._log_sigmas64
         quantize = c.quantize_timesteps
+
+        def timestep_of(s: torch.Tensor) -> torch.Tensor:
+            if c.preset is not None:
+                return presets.timesteps(c.preset, s, c)
+            return tables.sigma_to_t(s, log_sigmas, quantize)
+
+        midpoint = presets.midpoints if c.preset is not None else None
         if sigmas is not None:
             main_sigmas = torch.from_numpy(validation.custom_sigmas(sigmas))
-            main_t = tables.sigma_to_t(main_sigmas[:-1], log_sigmas, quantize)
+            main_t = timestep_of(main_sigmas[:-1])
         elif timesteps is not None:
             main_t = torch.from_numpy(validation.custom_timesteps(timesteps, c.num_train_timesteps))
             train = log_sigmas.exp()
@@ -242,16 +271,22 @@ class KDPM2DiscreteScheduler(ConfigMixin):
         else:
             most = c.num_train_timesteps - 1 if c.discard_penultimate_sigma else c.num_train_timesteps
             n = validation.integer("num_inference_steps", num_inference_steps, 1, most)
-            main_t, main_sigmas = self._spaced(n, log_sigmas)
+            if c.preset is not None:
+                main_sigmas = presets.spaced(c.preset, n, presets.training_table(c.preset, c))
+                main_t = timestep_of(main_sigmas[:-1])
+            else:
+                main_t, main_sigmas = self._spaced(n, log_sigmas)
 
         s_tmax = math.inf if c.s_tmax is None else c.s_tmax
         hat = tables.churned_sigmas(main_sigmas, c.s_churn, c.s_tmin, s_tmax)
         if c.s_churn > 0:
             main_t = torch.where(hat != main_sigmas[:-1], tables.sigma_to_t(hat, log_sigmas, quantize), main_t)
-        built = tables.interleave(main_sigmas, hat, main_t, lambda s: tables.sigma_to_t(s, log_sigmas, quantize))
+        built = tables.interleave(main_sigmas, hat, main_t, timestep_of, midpoint)
         validation.finite_tables(sigmas=built.sigmas, sigmas_interpol=built.sigmas_interpol, timesteps=built.timesteps)
 
-        time_dtype = torch.float64 if self._family() is not None and sigmas is None else torch.float32
+        time_dtype = (
+            torch.float64 if self._family() is not None and sigmas is None and c.preset is None else torch.float32
+        )
         device_timesteps = _to_device(built.timesteps, target, time_dtype)
         device_interpol = _to_device(built.sigmas_interpol, target, torch.float32)
         device_log_sigmas = _to_device(log_sigmas, target, torch.float32)
@@ -275,7 +310,14 @@ class KDPM2DiscreteScheduler(ConfigMixin):
 
     @property
     def init_noise_sigma(self) -> torch.Tensor:
-        """Standard deviation of the initial noise (``sqrt(max^2 + 1)`` for ``leading``, as diffusers)."""
+        """Standard deviation of the initial noise (``sqrt(max^2 + 1)`` for ``leading``, as diffusers).
+
+        With a preset, the factor the front-end puts on unit noise (ComfyUI: ``sqrt(1 + sigma_0^2)``).
+        """
+        if self.config.preset is not None:
+            table = presets.training_table(self.config.preset, self.config)
+            scale = presets.init_noise_scale(self.config.preset, self._host_sigmas[0], table)
+            return torch.tensor(scale, dtype=torch.float32)
         top = max(self._host_sigmas)
         if self.config.timestep_spacing in ("linspace", "trailing"):
             return torch.tensor(top, dtype=torch.float32)

@@ -32,6 +32,22 @@ def train_betas(
     return (1 - alpha_bar[1:] / alpha_bar[:-1]).clamp(max=0.999).to(torch.float32)
 
 
+def ldm_betas(num_train_timesteps: int, beta_start: float, beta_end: float) -> torch.Tensor:
+    """float64 betas of LDM's "linear" schedule (diffusers' ``scaled_linear``), as LDM builds them.
+
+    LDM, ComfyUI and AUTOMATIC1111 square a float64 ``linspace`` of the square roots and take the
+    cumulative product in float64 (:func:`ldm_alphas_cumprod`); diffusers does the same arithmetic
+    in float32, which moves the training sigmas by up to 1.3e-5 (relative, at t=0). The front-ends
+    round the table differently afterwards (``kdpm2.frontends``).
+    """
+    return torch.linspace(beta_start**0.5, beta_end**0.5, num_train_timesteps, dtype=F64) ** 2
+
+
+def ldm_alphas_cumprod(num_train_timesteps: int, beta_start: float, beta_end: float) -> torch.Tensor:
+    """float64 ``alphas_cumprod`` of LDM's "linear" betas: the cumulative product in float64."""
+    return torch.cumprod(1 - ldm_betas(num_train_timesteps, beta_start, beta_end), dim=0)
+
+
 def spaced_timesteps(n: int, num_train_timesteps: int, spacing: str, steps_offset: int) -> torch.Tensor:
     """``n`` descending timesteps of a spacing rule (always exactly ``n``, unlike diffusers' trailing)."""
     if spacing == "linspace":
@@ -119,10 +135,15 @@ def churned_sigmas(sigmas: torch.Tensor, s_churn: float, s_tmin: float, s_tmax: 
     return torch.where(inside & (s_churn > 0), start * (1 + gamma), start)
 
 
-def interleave(sigmas: torch.Tensor, hat: torch.Tensor, timesteps: torch.Tensor, mid_timesteps_of: object) -> Tables:
-    """Interleave main sigmas ``s_0..s_n``, churned levels ``sh_i`` and their timesteps per call."""
+def interleave(
+    sigmas: torch.Tensor, hat: torch.Tensor, timesteps: torch.Tensor, mid_timesteps_of: object, midpoints: object = None
+) -> Tables:
+    """Interleave main sigmas ``s_0..s_n``, churned levels ``sh_i`` and their timesteps per call.
+
+    The midpoints are ``sqrt(sh_i s_{i+1})`` in float64 unless ``midpoints(hat, next)`` computes them.
+    """
     n = len(sigmas) - 1
-    mids = (hat * sigmas[1:]).sqrt()
+    mids = (hat * sigmas[1:]).sqrt() if midpoints is None else midpoints(hat, sigmas[1:])  # type: ignore[operator]
     table = torch.cat([sigmas[:1], sigmas[1:].repeat_interleave(2), sigmas[-1:]])
     table[0 : 2 * n : 2] = hat
     interpol = torch.cat([hat[:1], mids.repeat_interleave(2), mids[-1:]])
