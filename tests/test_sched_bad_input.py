@@ -257,7 +257,7 @@ def test_custom_schedule_messages(kwargs, message):
             ValueError,
             "sigma_interpolation must be one of 'linear', 'log'; got 'cubic'",
         ),
-        ({"steps_offset": -1}, ValueError, "steps_offset must be at least 0; got -1"),
+        ({"steps_offset": -1}, ValueError, "steps_offset must be between 0 and 999; got -1"),
         ({"beta_end": 0.0}, ValueError, "beta_end must be greater than 0.0; got 0.0"),
         ({"sigma_min": 0.0}, ValueError, "sigma_min must be greater than 0.0; got 0.0"),
         ({"beta_end": -0.5}, ValueError, "beta_end must be greater than 0.0; got -0.5"),
@@ -270,7 +270,7 @@ def test_custom_schedule_messages(kwargs, message):
         ({"s_tmax": -1}, ValueError, "s_tmax must be at least 0.0; got -1"),
         ({"sigma_max": 0.0}, ValueError, "sigma_max must be greater than 0.0; got 0.0"),
         ({"sigma_min": 2.0, "sigma_max": 2.0}, ValueError, "sigma_min (2.0) must be smaller than sigma_max (2.0)"),
-        ({"num_train_timesteps": 1}, ValueError, "num_train_timesteps must be at least 2; got 1"),
+        ({"num_train_timesteps": 1}, ValueError, "num_train_timesteps must be between 2 and 100000; got 1"),
         ({"num_train_timesteps": True}, TypeError, "num_train_timesteps must be an integer; got bool True"),
         (
             {"beta_schedule": "cosine"},

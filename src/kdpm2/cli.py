@@ -11,7 +11,9 @@ import argparse
 import inspect
 import json
 import math
+import os
 import sys
+import tempfile
 from collections.abc import Sequence
 from typing import Any
 
@@ -25,6 +27,16 @@ CHOICES = {
     "preset": presets.NAMES,
 }
 """Constructor arguments that take one of a few names."""
+
+MAX_FILE_BYTES = 8 * 1024 * 1024
+"""Largest ``--trained-betas`` file read (100000 betas, the most a schedule may have, take about 2.5 MB)."""
+
+
+class Parser(argparse.ArgumentParser):
+    """argparse with one-line errors: ``PROG: error: MESSAGE (see PROG --help)``, exit status 2."""
+
+    def error(self, message: str) -> Any:
+        self.exit(2, f"{self.prog}: error: {' '.join(message.split())} (see {self.prog} --help)\n")
 
 
 def _count(text: str, low: int = 1) -> int:
@@ -48,20 +60,34 @@ def _floats(text: str) -> list[float]:
     try:
         return [float(part) for part in text.split(",") if part.strip()]
     except ValueError:
-        raise argparse.ArgumentTypeError(f"expected comma-separated numbers, got {text!r}") from None
+        raise argparse.ArgumentTypeError(f"expected comma-separated numbers, got {validation.show(text)}") from None
 
 
 def _float_file(path: str) -> list[float]:
     """Numbers from a file: a JSON list, or separated by commas or white space."""
     try:
         with open(path, encoding="utf-8") as handle:
-            text = handle.read()
+            text = handle.read(MAX_FILE_BYTES + 1)  # bounded: /dev/zero must not be read until killed
     except OSError as error:
         raise argparse.ArgumentTypeError(f"cannot read {path!r}: {error.strerror}") from None
+    except UnicodeDecodeError:
+        raise argparse.ArgumentTypeError(f"cannot read {path!r}: not UTF-8 text") from None
+    if len(text) > MAX_FILE_BYTES:
+        raise argparse.ArgumentTypeError(f"{path!r} is larger than {MAX_FILE_BYTES} bytes; expected a list of betas")
     try:
-        return [float(v) for v in json.loads(text)]
-    except (ValueError, TypeError):
+        values = json.loads(text)
+    except RecursionError:
+        raise argparse.ArgumentTypeError(f"{path!r} is nested too deeply; expected a flat JSON list") from None
+    except ValueError:
         return _floats(",".join(text.split()))
+    if isinstance(values, (int, float)) and not isinstance(values, bool):
+        values = [values]  # a file holding one number
+    if not isinstance(values, list) or not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values):
+        raise argparse.ArgumentTypeError(f"{path!r} must hold a flat JSON list of numbers")
+    try:
+        return [float(v) for v in values]
+    except OverflowError:
+        raise argparse.ArgumentTypeError(f"{path!r} holds a number too large for a float") from None
 
 
 def _option_type(name: str, parameter: inspect.Parameter) -> dict[str, Any]:
@@ -104,7 +130,7 @@ def add_scheduler_options(parser: argparse.ArgumentParser) -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     """The ``kdpm2`` argument parser with its ``demo`` and ``schedule`` commands."""
-    parser = argparse.ArgumentParser(prog="kdpm2", description="The KDPM2 (DPM-Solver-2) diffusion scheduler.")
+    parser = Parser(prog="kdpm2", description="The KDPM2 (DPM-Solver-2) diffusion scheduler.")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     demo = commands.add_parser(
@@ -147,14 +173,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "demo":
             return run_demo(args)
         return run_schedule(args)
-    except (ValueError, TypeError) as error:
-        print(f"kdpm2: error: {error}", file=sys.stderr)
+    except (ValueError, TypeError, ImportError) as error:
+        print(f"kdpm2: error: {' '.join(str(error).split())}", file=sys.stderr)
         return 2
 
 
 def run_demo(args: argparse.Namespace) -> int:
     from kdpm2 import demo
 
+    validation.device(demo.choose_device(args.device), values=True)  # before the run, not after it
+    if not args.no_plot:
+        check_out_directory(args.out)
     demo.main(
         step_counts=args.steps or demo.STEP_COUNTS,
         out=None if args.no_plot else args.out,
@@ -164,6 +193,27 @@ def run_demo(args: argparse.Namespace) -> int:
         compare=not args.no_compare,
     )
     return 0
+
+
+def check_out_directory(out: str) -> None:
+    """``--out`` must be a directory where ``kdpm2-demo.png`` can be written (created if missing).
+
+    Checked by writing a temporary file, so a read-only file system or a path through a file fails
+    here, before the run, and not after it.
+    """
+    if not out:
+        raise ValueError("--out must name a directory; got ''")
+    if os.path.exists(out) and not os.path.isdir(out):
+        raise ValueError(f"--out {out!r} is a file, not a directory")
+    figure = os.path.join(out, "kdpm2-demo.png")
+    if os.path.isdir(figure):
+        raise ValueError(f"--out {out!r}: {figure!r} is a directory; cannot write the figure there")
+    try:
+        os.makedirs(out, exist_ok=True)
+        with tempfile.TemporaryFile(dir=out):
+            pass
+    except OSError as error:
+        raise ValueError(f"--out {out!r} is not a writable directory ({error.strerror or error})") from None
 
 
 def run_schedule(args: argparse.Namespace) -> int:
@@ -176,10 +226,13 @@ def run_schedule(args: argparse.Namespace) -> int:
     else:
         scheduler = KDPM2DiscreteScheduler(**config)
     scheduler.set_timesteps(args.steps, sigmas=args.sigmas, timesteps=args.timesteps)
+    rows = calls(scheduler)
+    if not all(math.isfinite(row[key]) for row in rows for key in ("timestep", "sigma", "to_sigma")):
+        raise ValueError("the schedule holds non-finite values; this configuration is out of range")
     if preset is not None:
-        print(json.dumps(preset_json(scheduler), indent=2) if args.json else preset_table(scheduler))
+        print(json.dumps(preset_json(scheduler), indent=2, allow_nan=False) if args.json else preset_table(scheduler))
     elif args.json:
-        print(json.dumps(schedule_json(scheduler), indent=2))
+        print(json.dumps(schedule_json(scheduler), indent=2, allow_nan=False))  # NaN is not JSON
     else:
         print(schedule_table(scheduler))
     return 0

@@ -10,7 +10,10 @@ from __future__ import annotations
 
 from typing import Any
 
+import numpy as np
 import torch
+
+from kdpm2 import validation
 
 
 def first_or_second_index(values: list[float]) -> dict[float, int]:
@@ -51,13 +54,19 @@ def view_positions(view: Any, table: torch.Tensor) -> list[int] | None:
 def as_float(timestep: Any, dtype: torch.dtype) -> float:
     """A single timestep's value rounded to the schedule's dtype, as diffusers' comparison sees it."""
     if isinstance(timestep, torch.Tensor):
+        if timestep.is_nested or timestep.layout != torch.strided or timestep.is_meta or timestep.is_complex():
+            raise TypeError(f"timestep must be a real number or a one-element tensor with a value; got {timestep!r}")
         if timestep.numel() != 1:
             raise ValueError(f"timestep must be a single value; got shape {tuple(timestep.shape)}")
         timestep = timestep.detach().reshape(())
+    elif isinstance(timestep, complex) or (isinstance(timestep, np.generic) and np.iscomplexobj(timestep)):
+        raise TypeError(f"timestep must be a real number or a one-element tensor; got {timestep!r}")
     try:
         return float(torch.as_tensor(timestep, dtype=torch.float64).to(dtype))
-    except (TypeError, ValueError, RuntimeError) as error:
-        raise TypeError(f"timestep must be a number or a one-element tensor; got {timestep!r}") from error
+    except (TypeError, ValueError, RuntimeError, OverflowError) as error:
+        raise TypeError(
+            f"timestep must be a number or a one-element tensor; got {validation.show(timestep)}"
+        ) from error
 
 
 def index_of_value(index: dict[float, int], value: float, original: Any) -> int:

@@ -39,6 +39,9 @@ KARRAS_COMPATIBLES = (
 )
 """diffusers scheduler classes whose configs load into this one (diffusers' ``_compatibles``)."""
 
+FAMILY_FLAGS = ("use_karras_sigmas", "use_exponential_sigmas", "use_beta_sigmas")
+"""The flags that replace the spaced sigmas by a family; at most one may be set."""
+
 
 @dataclass
 class KDPM2DiscreteSchedulerOutput:
@@ -82,6 +85,10 @@ class KDPM2DiscreteScheduler(ConfigMixin):
     - ``s_churn``, ``s_tmin``, ``s_tmax`` (``None`` is infinity), ``s_noise``: stochastic sampling;
     - ``preset``: reproduce a ComfyUI or AUTOMATIC1111 DPM2 sampler (``kdpm2.presets``; build it with
       :meth:`from_preset`, which also sets the other arguments to the preset's).
+
+    The valid domain (betas in (0, 1) with finite training sigmas, sigmas within
+    ``validation.SIGMA_RANGE``, ``num_train_timesteps`` up to ``validation.MAX_TRAIN_TIMESTEPS``) is
+    described in :mod:`kdpm2.validation`; a call outside it raises and changes nothing.
     """
 
     _compatibles: ClassVar[list[str]] = list(KARRAS_COMPATIBLES)
@@ -114,42 +121,53 @@ class KDPM2DiscreteScheduler(ConfigMixin):
     ) -> None:
         config = dict(locals())
         del config["self"]
-        validation.integer("num_train_timesteps", num_train_timesteps, 2)
+        # validate everything first and keep the validated values (a NumPy scalar becomes a float)
+        n_train = validation.integer("num_train_timesteps", num_train_timesteps, 2, validation.MAX_TRAIN_TIMESTEPS)
+        config["num_train_timesteps"] = n_train
         validation.choice("beta_schedule", beta_schedule, validation.BETA_SCHEDULES)
         validation.choice("prediction_type", prediction_type, functional.PREDICTION_TYPES)
         validation.choice("timestep_spacing", timestep_spacing, validation.TIMESTEP_SPACINGS)
         validation.choice("sigma_interpolation", sigma_interpolation, validation.SIGMA_INTERPOLATIONS)
-        validation.integer("steps_offset", steps_offset, 0)
-        if sum(map(bool, (use_karras_sigmas, use_exponential_sigmas, use_beta_sigmas))) > 1:
+        config["steps_offset"] = validation.integer("steps_offset", steps_offset, 0, n_train - 1)
+        for name in validation.FLAGS:
+            config[name] = validation.flag(name, config[name])
+        if sum(config[name] for name in FAMILY_FLAGS) > 1:
             raise ValueError("use_karras_sigmas, use_exponential_sigmas and use_beta_sigmas: at most one may be True")
+        betas64 = None
+        # checked even when trained_betas replaces them: the config keeps them
+        config["beta_start"] = validation.real("beta_start", beta_start, 0.0, strict=True, below=1.0)
+        config["beta_end"] = validation.real("beta_end", beta_end, 0.0, strict=True, below=1.0)
+        source = f"beta_start={config['beta_start']}, beta_end={config['beta_end']} ({beta_schedule})"
         if trained_betas is not None:
-            validation.trained_betas(trained_betas, num_train_timesteps)
-        else:
-            validation.real("beta_start", beta_start, 0.0, strict=True)
-            validation.real("beta_end", beta_end, 0.0, strict=True)
-        lo = validation.real("sigma_min", sigma_min, 0.0, strict=True, optional=True)
-        hi = validation.real("sigma_max", sigma_max, 0.0, strict=True, optional=True)
+            betas64 = validation.trained_betas(trained_betas, n_train)
+            source = "trained_betas"
+        lo = config["sigma_min"] = validation.sigma_bound("sigma_min", sigma_min)
+        hi = config["sigma_max"] = validation.sigma_bound("sigma_max", sigma_max)
         if lo is not None and hi is not None and lo >= hi:
             raise ValueError(f"sigma_min ({lo}) must be smaller than sigma_max ({hi})")
-        validation.real("s_churn", s_churn, 0.0)
-        validation.real("s_tmin", s_tmin, 0.0)
-        validation.real("s_tmax", s_tmax, 0.0, optional=True)
-        validation.real("s_noise", s_noise, 0.0)
-        if isinstance(trained_betas, (np.ndarray, torch.Tensor)):
-            config["trained_betas"] = trained_betas.tolist()
+        config["s_churn"] = validation.real("s_churn", s_churn, 0.0)
+        config["s_tmin"] = validation.real("s_tmin", s_tmin, 0.0)
+        config["s_tmax"] = validation.real("s_tmax", s_tmax, 0.0, optional=True)
+        # bounded so that s_noise * sigma (the churn noise scale) stays finite in float32
+        config["s_noise"] = validation.real("s_noise", s_noise, 0.0, below=validation.SIGMA_RANGE[1])
+        if betas64 is not None:
+            config["trained_betas"] = betas64.tolist()
         if preset is not None:
             config["preset"] = presets.check(config)
+        betas = tables.train_betas(n_train, config["beta_start"], config["beta_end"], beta_schedule, betas64)
+        alphas_cumprod = torch.cumprod(1.0 - betas, dim=0)
+        validation.training_sigmas(_log_sigmas(alphas_cumprod), source, betas)
         self.register_to_config(**config)
 
-        self.betas = tables.train_betas(num_train_timesteps, beta_start, beta_end, beta_schedule, trained_betas)
+        self.betas = betas
         self.alphas = 1.0 - self.betas
-        self.alphas_cumprod = torch.cumprod(self.alphas, dim=0)
+        self.alphas_cumprod = alphas_cumprod
         if preset is not None:  # the front-ends' float64 LDM table, stored in float32
-            self.betas = tables.ldm_betas(num_train_timesteps, beta_start, beta_end).float()
+            self.betas = tables.ldm_betas(n_train, config["beta_start"], config["beta_end"]).float()
             self.alphas = 1.0 - self.betas
-            self.alphas_cumprod = tables.ldm_alphas_cumprod(num_train_timesteps, beta_start, beta_end).float()
+            self.alphas_cumprod = tables.ldm_alphas_cumprod(n_train, config["beta_start"], config["beta_end"]).float()
         # diffusers builds the full-length schedule here; with the discard it has one step fewer
-        self.set_timesteps(num_train_timesteps - 1 if discard_penultimate_sigma else num_train_timesteps)
+        self.set_timesteps(n_train - 1 if config["discard_penultimate_sigma"] else n_train)
 
     # -- schedule -----------------------------------------------------------------------------
 
@@ -168,8 +186,7 @@ class KDPM2DiscreteScheduler(ConfigMixin):
     def _log_sigmas64(self) -> torch.Tensor:
         if self.config.preset is not None:
             return presets.training_table(self.config.preset, self.config).log_sigmas.to(torch.float64)
-        a = self.alphas_cumprod.to(torch.float64)
-        return ((1 - a) / a).sqrt().log()
+        return _log_sigmas(self.alphas_cumprod)
 
     def _family(self) -> str | None:
         c = self.config
@@ -193,6 +210,8 @@ class KDPM2DiscreteScheduler(ConfigMixin):
         if family is not None:
             lo = float(sigmas[-1]) if c.sigma_min is None else c.sigma_min
             hi = float(sigmas[0]) if c.sigma_max is None else c.sigma_max
+            if count > 1:  # one sigma is sigma_max alone
+                validation.family_bounds(family, lo, hi, c.sigma_min is not None, c.sigma_max is not None, n)
             sigmas = tables.sigma_family(family, count, lo, hi)
             timesteps = tables.sigma_to_t(sigmas, log_sigmas, c.quantize_timesteps)
             if family == "karras" and c.round_karras_timesteps:
@@ -221,12 +240,16 @@ class KDPM2DiscreteScheduler(ConfigMixin):
         given = [x is not None for x in (num_inference_steps, timesteps, sigmas)]
         if sum(given) != 1:
             raise ValueError("pass exactly one of num_inference_steps, timesteps and sigmas")
-        if num_train_timesteps is not None and num_train_timesteps != c.num_train_timesteps:
-            raise ValueError(
-                f"num_train_timesteps must equal the config's {c.num_train_timesteps}; got {num_train_timesteps}"
-            )
+        if num_train_timesteps is not None:
+            train_count = validation.integer("num_train_timesteps", num_train_timesteps, 2)
+            if train_count != c.num_train_timesteps:
+                raise ValueError(
+                    f"num_train_timesteps must equal the config's {c.num_train_timesteps}; got {train_count}"
+                )
         if timesteps is not None and self._family() is not None:
             raise ValueError("timesteps cannot be combined with use_karras/exponential/beta_sigmas; pass sigmas")
+        target = validation.device(device)
+        # build everything first; the scheduler is assigned only once nothing can fail any more
         log_sigmas = self._log_sigmas64
         quantize = c.quantize_timesteps
 
@@ -262,23 +285,29 @@ class KDPM2DiscreteScheduler(ConfigMixin):
         if c.s_churn > 0:
             main_t = torch.where(hat != main_sigmas[:-1], tables.sigma_to_t(hat, log_sigmas, quantize), main_t)
         built = tables.interleave(main_sigmas, hat, main_t, timestep_of, midpoint)
+        validation.finite_tables(sigmas=built.sigmas, sigmas_interpol=built.sigmas_interpol, timesteps=built.timesteps)
+
+        time_dtype = (
+            torch.float64 if self._family() is not None and sigmas is None and c.preset is None else torch.float32
+        )
+        device_timesteps = _to_device(built.timesteps, target, time_dtype)
+        device_interpol = _to_device(built.sigmas_interpol, target, torch.float32)
+        device_log_sigmas = _to_device(log_sigmas, target, torch.float32)
+        index_values = built.timesteps.to(time_dtype).tolist()
+        index_of = lookup.first_or_second_index(index_values)
 
         self.num_inference_steps = built.num_steps
         self._host_sigmas = built.sigmas.tolist()
         self._host_interpol = built.sigmas_interpol.tolist()
-        time_dtype = (
-            torch.float64 if self._family() is not None and sigmas is None and c.preset is None else torch.float32
-        )
-        self.timesteps = _to_device(built.timesteps, device, time_dtype)
-        host_t = built.timesteps.to(time_dtype)
-        self._index_values = host_t.tolist()
-        self._index_of = lookup.first_or_second_index(self._index_values)
+        self.timesteps = device_timesteps
+        self._index_values = index_values
+        self._index_of = index_of
         self._time_dtype = time_dtype
         self._build_calls()
         self._step_counter: torch.Tensor | None = None
         self.sigmas = built.sigmas.to(torch.float32)
-        self.sigmas_interpol = _to_device(built.sigmas_interpol, device, torch.float32)
-        self.log_sigmas = _to_device(log_sigmas, device, torch.float32)
+        self.sigmas_interpol = device_interpol
+        self.log_sigmas = device_log_sigmas
         self._device_sigmas: dict[tuple[torch.device, torch.dtype], torch.Tensor] = {}
         self.sample: torch.Tensor | None = None
         self._step_index: int | None = None
@@ -351,6 +380,7 @@ class KDPM2DiscreteScheduler(ConfigMixin):
         device sync; any other value is compared with the table. Raises ``ValueError`` if absent.
         """
         if schedule_timesteps is not None:
+            validation.timestep_tensor("schedule_timesteps", schedule_timesteps, values=True)
             table = schedule_timesteps.detach().to("cpu").tolist()
             value = lookup.as_float(timestep, schedule_timesteps.dtype)
             return lookup.index_of_value(lookup.first_or_second_index(table), value, timestep)
@@ -360,10 +390,15 @@ class KDPM2DiscreteScheduler(ConfigMixin):
         return lookup.index_of_value(self._index_of, lookup.as_float(timestep, self._time_dtype), timestep)
 
     def _init_step_index(self, timestep: float | torch.Tensor) -> None:
-        if self._begin_index is None:
-            self._step_index = self.index_for_timestep(timestep)
-        else:
-            self._step_index = self._begin_index
+        self._step_index = self._call_index(timestep)
+
+    def _call_index(self, timestep: float | torch.Tensor) -> int:
+        """This call's index (the step index, else the begin index or the timestep's position); assigns nothing."""
+        if self._step_index is not None:
+            return self._step_index
+        if self._begin_index is not None:
+            return self._begin_index
+        return self.index_for_timestep(timestep)
 
     def _call_sigma(self, k: int) -> float:
         """The noise level of call ``k`` in the current order (what ``scale_model_input`` scales for)."""
@@ -379,7 +414,9 @@ class KDPM2DiscreteScheduler(ConfigMixin):
             dtype = functional.compute_dtype(sample.dtype)
             return (sample.to(dtype) / row[6].to(device=sample.device, dtype=dtype)).to(sample.dtype)
         k = self._host_index(timestep, "the schedule has {} calls and all have run; call set_timesteps again")  # type: ignore[arg-type]
-        return sample / self._calls.scales[0 if self.sample is None else 1][k]
+        scaled = sample / self._calls.scales[0 if self.sample is None else 1][k]
+        self._step_index = k  # assigned only once the call has succeeded
+        return scaled
 
     @property
     def _num_calls(self) -> int:
@@ -388,11 +425,11 @@ class KDPM2DiscreteScheduler(ConfigMixin):
     def _host_index(
         self, timestep: float | torch.Tensor, past_end: str = "step past the end of the schedule: all {} calls have run"
     ) -> int:
-        """This call's index on the host (found from ``timestep`` on the first call); raises past the end."""
-        if self._step_index is None:
-            self._init_step_index(timestep)
-        k = self._step_index
-        assert k is not None
+        """This call's index on the host (found from ``timestep`` on the first call); raises past the end.
+
+        Assigns nothing: a call that fails leaves the step index as it was.
+        """
+        k = self._call_index(timestep)
         if k >= self._num_calls:
             raise ValueError(past_end.format(self._num_calls))
         return k
@@ -442,14 +479,11 @@ class KDPM2DiscreteScheduler(ConfigMixin):
         Under ``torch.compile`` (and in eager calls after a compiled one) the call's coefficients
         come from the device call table; past the end of the schedule that lookup fails.
         """
-        validation.tensor("model_output", model_output)
-        validation.tensor("sample", sample)
-        if model_output.shape != sample.shape:
-            raise ValueError(f"model_output shape {tuple(model_output.shape)} != sample shape {tuple(sample.shape)}")
+        validation.step_inputs(model_output, sample, generator, self.sample)
         if self._internal_dict is not self._calls_config:  # register_to_config since set_timesteps
             self._build_calls()
         on_device = self._step_counter is not None or torch.compiler.is_compiling()
-        k = -1 if on_device else self._host_index(timestep)
+        k = -1 if on_device else self._host_index(timestep)  # the step index is assigned once the call succeeds
         first = self.sample is None
         dtype = sample.dtype
         if model_output.dtype != dtype:
@@ -491,13 +525,10 @@ class KDPM2DiscreteScheduler(ConfigMixin):
         The sigma is the one at ``begin_index`` before the first call, at ``step_index`` after it, and
         looked up per timestep when no begin index was set (training).
         """
-        validation.tensor("original_samples", original_samples)
-        validation.tensor("noise", noise)
-        if isinstance(timesteps, (int, float)):
-            timesteps = torch.tensor([timesteps])
-        if not isinstance(timesteps, torch.Tensor):
-            raise TypeError(f"timesteps must be a torch.Tensor; got {type(timesteps).__name__}")
-        count = max(timesteps.numel(), 1)
+        if isinstance(timesteps, (int, float, np.integer, np.floating)) and not isinstance(timesteps, bool):
+            timesteps = torch.tensor([validation.real("timesteps", timesteps)])
+        validation.add_noise_inputs(original_samples, noise, timesteps)
+        count = timesteps.numel()
         if self._begin_index is None:
             sigma = self._lookup_sigmas(timesteps.reshape(-1), original_samples)
         elif self._step_counter is not None:  # after a compiled call: gather at the device counter
@@ -517,6 +548,8 @@ class KDPM2DiscreteScheduler(ConfigMixin):
         if positions is not None:
             host = [self._host_sigmas[self._index_of[self._index_values[p]]] for p in positions]
             return _to_device(torch.tensor(host, dtype=torch.float64), like.device, like.dtype)
+        if timesteps.is_meta:
+            raise TypeError("timesteps on the meta device have no values to look up; pass views of scheduler.timesteps")
         table = _to_device(self.timesteps, timesteps.device, self.timesteps.dtype)
         indices, found = lookup.device_indices(timesteps, table)
         if not bool(found.all()):  # one value check, only for timesteps not taken from the table
@@ -526,6 +559,12 @@ class KDPM2DiscreteScheduler(ConfigMixin):
 
     def __len__(self) -> int:
         return int(self.config.num_train_timesteps)
+
+
+def _log_sigmas(alphas_cumprod: torch.Tensor) -> torch.Tensor:
+    """float64 log training sigmas ``log sqrt((1 - a) / a)`` of the float32 ``alphas_cumprod``."""
+    a = alphas_cumprod.to(torch.float64)
+    return ((1 - a) / a).sqrt().log()
 
 
 def _apply(

@@ -70,11 +70,33 @@ def sigma_to_t(sigmas: torch.Tensor, log_sigmas: torch.Tensor, quantize: bool = 
     """Timestep of each sigma by log-sigma interpolation (nearest training timestep if ``quantize``)."""
     log_sigma = sigmas.clamp(min=1e-10).log()
     if quantize:
-        return (log_sigma[:, None] - log_sigmas[None, :]).abs().argmin(dim=1).to(F64)
+        return nearest_index(log_sigma, log_sigmas).to(F64)
     found = np.searchsorted(log_sigmas.numpy(), log_sigma.numpy(), side="right")  # torch's is 50x slower here
     low = (torch.from_numpy(found) - 1).clamp(0, len(log_sigmas) - 2)
-    w = ((log_sigmas[low] - log_sigma) / (log_sigmas[low] - log_sigmas[low + 1])).clamp(0, 1)
+    width = log_sigmas[low] - log_sigmas[low + 1]
+    # a flat segment (float32 alphas_cumprod stalls under tiny betas) would be 0 / 0: take its start
+    w = torch.where(width != 0, (log_sigmas[low] - log_sigma) / width, 0.0).clamp(0, 1)
     return low + w
+
+
+def nearest_index(values: torch.Tensor, grid: torch.Tensor) -> torch.Tensor:
+    """Index of the nearest entry of the non-decreasing ``grid`` to each value, the first one on a tie.
+
+    The same as ``(values[:, None] - grid[None, :]).abs().argmin(dim=1)`` (k-diffusion's
+    ``sigma_to_t(quantize=True)``) in O(N log N) time and O(N) memory, where that builds an
+    N x len(grid) matrix. Only two candidates can be nearest: the last entry below the value and the
+    first at or above it; each is moved to the first position holding its value, as argmin would.
+    Training log-sigmas are non-decreasing: ``alphas_cumprod`` is a running product of factors below 1.
+    """
+    sorted_grid = grid.numpy()
+    probe = values.numpy()
+    above = np.searchsorted(sorted_grid, probe, side="left").clip(0, len(grid) - 1)
+    below = np.searchsorted(sorted_grid, sorted_grid[(above - 1).clip(0)], side="left")
+    d_below = np.abs(probe - sorted_grid[below])
+    d_above = np.abs(probe - sorted_grid[above])
+    # argmin returns the first minimum: the lower index wins ties (and equal distances)
+    pick = np.where(d_below <= d_above, below, above)
+    return torch.from_numpy(pick.astype(np.int64))
 
 
 def sigma_family(family: str, n: int, sigma_min: float, sigma_max: float) -> torch.Tensor:
