@@ -26,7 +26,7 @@ class UsageError(Exception):
 
 
 def load(spec: str) -> Any:
-    """The scheduler class that ``MODULE:CLASS`` (or ``MODULE.CLASS``) names; :class:`UsageError` if none."""
+    """The scheduler class that ``MODULE:CLASS`` (or ``MODULE.CLASS``) names; ``UsageError`` if none."""
     module, _, name = spec.partition(":") if ":" in spec else spec.rpartition(".")
     if not module or not name:
         raise UsageError(f"expected MODULE:CLASS, got {spec!r}")

@@ -1,7 +1,7 @@
 """How the checks talk to a scheduler: create it, and move arrays in and out of it.
 
-An implementation under test needs an object with three methods (see :class:`Adapter`). The
-reference itself uses :class:`NumpyAdapter`; torch schedulers use :class:`TorchAdapter`, which
+An implementation under test needs an object with three methods (see ``Adapter``). The
+reference itself uses ``NumpyAdapter``; torch schedulers use ``TorchAdapter``, which
 imports torch only when it is created, so that the spec itself never needs torch.
 """
 
@@ -68,7 +68,7 @@ class NoiseSource:
 
 
 class NumpyAdapter:
-    """Adapter for schedulers that work on NumPy arrays, such as :class:`Reference`."""
+    """Adapter for schedulers that work on NumPy arrays, such as ``Reference``."""
 
     def __init__(self, cls: Any = None) -> None:
         from kdpm2_spec.reference import Reference

@@ -1,11 +1,11 @@
 """Cases as text: the ``repr`` a failure prints, parsed back as data (never executed).
 
 A reproducer pasted from a CI log reaches ``python -m kdpm2_spec check ... --case TEXT``;
-:func:`parse_case` reads it with :mod:`ast` and builds only literals (numbers, strings, ``None``,
+``parse_case`` reads it with ``ast`` and builds only literals (numbers, strings, ``None``,
 booleans, lists, tuples, dicts), ``nan``/``inf``, and calls of a whitelist of constructors: the
-case NamedTuples of :mod:`kdpm2_spec.strategies`, ``linear_betas`` and NumPy's ``array`` and
+case NamedTuples of ``kdpm2_spec.strategies``, ``linear_betas`` and NumPy's ``array`` and
 scalar types, with literal arguments. Anything else (a name, an attribute, an operator, a call
-of something else) is a :class:`ValueError` naming what was refused.
+of something else) is a ``ValueError`` naming what was refused.
 """
 
 from __future__ import annotations

@@ -1,10 +1,10 @@
 """What each conformance property compares, to what tolerance and why; the dtypes it runs in.
 
 A run drives the implementation with tensors in one dtype (``--dtype``, default float64).
-Properties whose tolerance only makes sense in float64 (or float32) say so in :data:`DTYPES` and
+Properties whose tolerance only makes sense in float64 (or float32) say so in ``DTYPES`` and
 are reported ``unsupported`` in any other dtype; the sampling loops that run in every dtype are
-compared within the larger of their own tolerance and :data:`DTYPE_RTOL` of the run's dtype.
-``docs/ci.md`` prints this table; a test keeps it in step with :data:`conformance.PROPERTIES`.
+compared within the larger of their own tolerance and ``DTYPE_RTOL`` of the run's dtype.
+``docs/ci.md`` prints this table; a test keeps it in step with ``conformance.PROPERTIES``.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ DTYPE_RTOL: dict[str, float] = {"float64": 0.0, "float32": 1e-5, "float16": 4e-3
 """Tolerance floor of loop comparisons per dtype, relative to the largest operand.
 
 float64 adds nothing (each property's own tolerance applies); float32 is 1e-5, as
-:data:`conformance.FLOAT32_RTOL`. float16 and bfloat16 are about four units of their rounding
+``conformance.FLOAT32_RTOL``. float16 and bfloat16 are about four units of their rounding
 (2^-10 and 2^-7 relative): the caller hands the scheduler a sample and a model output rounded
 to the dtype at every call, so the difference to the float64 reference is input rounding, not
 arithmetic. kdpm2 passes at 2e-3 and 1.5e-2 and fails at 1e-3 and 8e-3 (``ci`` profile,
@@ -33,7 +33,7 @@ DTYPES: dict[str, tuple[str, ...]] = {
     "churn": ("float64",),
     "convergence_order": ("float64",),
 }
-"""Properties that run only in some dtypes (all others run in every dtype of :data:`DTYPE_NAMES`)."""
+"""Properties that run only in some dtypes (all others run in every dtype of ``DTYPE_NAMES``)."""
 
 TOLERANCES: dict[str, str] = {
     "tables_finite": "exact: no NaN or infinity anywhere, unread entries included (a NaN leaks into any reduction).",

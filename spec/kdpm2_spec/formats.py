@@ -59,7 +59,7 @@ def as_dict(report: Any) -> dict[str, Any]:
 
 
 def write_json(report: Any, path: str) -> None:
-    """Write :func:`as_dict` of ``report`` to ``path``."""
+    """Write ``as_dict`` of ``report`` to ``path``."""
     with open(path, "w", encoding="utf-8") as file:
         json.dump(as_dict(report), file, indent=2, allow_nan=False)
         file.write("\n")
@@ -98,7 +98,7 @@ def junit(report: Any) -> ET.ElementTree:
 
 
 def write_junit(report: Any, path: str) -> None:
-    """Write :func:`junit` of ``report`` to ``path``."""
+    """Write ``junit`` of ``report`` to ``path``."""
     tree = junit(report)
     ET.indent(tree)
     tree.write(path, encoding="utf-8", xml_declaration=True)

@@ -4,7 +4,7 @@ An expectation file is a JSON object mapping a property name to the reason it is
 ``{"illegal_calls": "set_begin_index accepts any value"}``. A run given one fails only on a
 failure the file does not list, and reports a listed property that passes as stale (exit status
 3, so a gate can choose to ignore it or to insist the file be updated). Files shipped with the
-package are found by name (``diffusers-0.42``, see :func:`shipped`).
+package are found by name (``diffusers-0.42``, see ``shipped``).
 """
 
 from __future__ import annotations

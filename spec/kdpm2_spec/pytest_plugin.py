@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 
 DTYPES = ("float64", "float32", "float16", "bfloat16")
-"""As :data:`kdpm2_spec.catalog.DTYPE_NAMES` (a test keeps them equal)."""
+"""As ``kdpm2_spec.catalog.DTYPE_NAMES`` (a test keeps them equal)."""
 
 _TARGET = pytest.StashKey[Any]()
 """Where ``pytest_configure`` keeps the loaded target and its expectations."""
@@ -60,7 +60,7 @@ def pytest_collection_modifyitems(session: pytest.Session, config: pytest.Config
 
 
 class ConformanceSuite(pytest.Collector):
-    """The properties of :data:`kdpm2_spec.conformance.PROPERTIES`, in their run order."""
+    """The properties of ``kdpm2_spec.conformance.PROPERTIES``, in their run order."""
 
     def collect(self) -> list[pytest.Item]:
         from kdpm2_spec import conformance

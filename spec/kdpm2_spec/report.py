@@ -1,8 +1,8 @@
-"""The outcome of a conformance run: one :class:`Result` per property, and the :class:`Report` of all.
+"""The outcome of a conformance run: one ``Result`` per property, and the ``Report`` of all.
 
-A result is ``pass``, ``fail`` or ``unsupported``; an expectation (see :mod:`kdpm2_spec.gate`)
+A result is ``pass``, ``fail`` or ``unsupported``; an expectation (see ``kdpm2_spec.gate``)
 turns an expected failure into ``XFAIL`` and an expected failure that passed into ``STALE``. The
-report's :attr:`Report.exit_status` is what ``python -m kdpm2_spec check`` exits with.
+report's ``Report.exit_status`` is what ``python -m kdpm2_spec check`` exits with.
 """
 
 from __future__ import annotations
@@ -97,7 +97,7 @@ class Report:
 
     @property
     def exit_status(self) -> int:
-        """:data:`EXIT_FAILED` on a new failure, else :data:`EXIT_STALE` on a stale expectation, else 0."""
+        """``EXIT_FAILED`` on a new failure, else ``EXIT_STALE`` on a stale expectation, else 0."""
         if self.new_failures:
             return EXIT_FAILED
         return EXIT_STALE if self.stale else EXIT_OK

@@ -10,8 +10,8 @@ The inference schedule is built in five steps:
    same bounds (or given), followed by a final sigma ``s_n`` (normally 0).
 4. The *midpoint* sigmas ``m_i = sqrt(s_{i-1} * s_i)``: the geometric mean of neighbours,
    where DPM-Solver-2 evaluates the model a second time.
-5. The *interleaved* tables of one model call each: see :func:`interleave_sigmas` and
-   :func:`interleave_timesteps`.
+5. The *interleaved* tables of one model call each: see ``interleave_sigmas`` and
+   ``interleave_timesteps``.
 
 Everything after step 1 is float64. Step 1 reproduces the float32 training schedule that
 diffusers builds with torch (and that model configs describe), rounding by rounding, because a

@@ -1,6 +1,6 @@
 """The ``kdpm2`` command line: ``kdpm2 demo`` and ``kdpm2 schedule``.
 
-``kdpm2 schedule`` has one option per constructor argument of :class:`KDPM2DiscreteScheduler`,
+``kdpm2 schedule`` has one option per constructor argument of ``KDPM2DiscreteScheduler``,
 generated from its signature (``use_karras_sigmas`` becomes ``--use-karras-sigmas`` and
 ``--no-use-karras-sigmas``), so the command line follows the scheduler.
 """

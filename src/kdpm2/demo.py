@@ -1,9 +1,9 @@
 """The demo: sample a 2-D Gaussian mixture whose exact denoiser is known, and measure the error.
 
 1. The data are a mixture of ``K`` Gaussians ``N(mu_k, s_k^2 I)`` with weights ``pi_k``. Its ideal
-   denoiser has a closed form (:meth:`Mixture.denoise`), so no network and no weights are needed.
+   denoiser has a closed form (``Mixture.denoise``), so no network and no weights are needed.
 2. A reference solution of the probability-flow ODE ``dx/dsigma = (x - D(x, sigma)) / sigma`` is
-   computed with classical RK4 in float64, in the variable ``log sigma`` (:func:`reference_solve`).
+   computed with classical RK4 in float64, in the variable ``log sigma`` (``reference_solve``).
 3. Our scheduler (and k-diffusion's ``sample_dpm_2`` and diffusers' scheduler, when installed)
    samples the same noise on the same Karras sigmas at several step counts.
 4. The error is the RMS distance to the reference at ``sigma_min``, the last non-zero sigma. The

@@ -7,15 +7,15 @@ torch operations, in the same order, as the front-end does (read from their publ
 schedule.
 
 1. Training table: LDM's float64 ``alphas_cumprod`` (``tables.ldm_alphas_cumprod``), then
-   ComfyUI takes sigma and its log in float64 and rounds both (:func:`comfyui_table`), while
+   ComfyUI takes sigma and its log in float64 and rounds both (``comfyui_table``), while
    AUTOMATIC1111 rounds ``alphas_cumprod`` first and takes sigma and log in float32
-   (:func:`a1111_table`).
+   (``a1111_table``).
 2. Schedule of ``count`` sigmas (the front-ends build ``n + 1`` and drop the next-to-last):
-   :func:`uniform` (ComfyUI ``normal`` and ``sgm_uniform``, A1111 ``Uniform``), :func:`simple`,
-   :func:`karras`, :func:`exponential`.
-3. Midpoints: :func:`midpoints`, ``exp`` of the mean of the logs, as ``sample_dpm_2``.
-4. Timestep the model receives: :func:`quantized_timesteps` (ComfyUI) or
-   :func:`continuous_timesteps` (A1111, k-diffusion's ``sigma_to_t``).
+   ``uniform`` (ComfyUI ``normal`` and ``sgm_uniform``, A1111 ``Uniform``), ``simple``,
+   ``karras``, ``exponential``.
+3. Midpoints: ``midpoints``, ``exp`` of the mean of the logs, as ``sample_dpm_2``.
+4. Timestep the model receives: ``quantized_timesteps`` (ComfyUI) or
+   ``continuous_timesteps`` (A1111, k-diffusion's ``sigma_to_t``).
 """
 
 from __future__ import annotations

@@ -6,7 +6,7 @@ Every KDPM2 call is linear in its tensors. With ``a, b`` from the prediction typ
     prev = c_stored * stored + c_sample * sample + c_model * model_output (+ c_noise * noise)
 
 with float64 coefficients computed on the host from the schedule (no device sync). The combination
-is one fused kernel on CUDA (:mod:`kdpm2.triton_step`) and a few torch ops elsewhere; both compute
+is one fused kernel on CUDA (``kdpm2.triton_step``) and a few torch ops elsewhere; both compute
 in at least float32 and round once to the sample's dtype.
 """
 
@@ -69,7 +69,7 @@ _UPCAST = (torch.float16, torch.bfloat16)
 class Sum(NamedTuple):
     """A planned ``sum(c * t)``: start from input ``first`` times ``scale``, then add ``rest`` in order.
 
-    Inputs are numbered as :func:`apply_step` takes them: 0 sample, 1 model output, 2 stored, 3 noise.
+    Inputs are numbered as ``apply_step`` takes them: 0 sample, 1 model output, 2 stored, 3 noise.
     """
 
     first: int
@@ -138,7 +138,7 @@ def run_step(
     stored: torch.Tensor | None = None,
     noise: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """``(prev_sample, pred_original_sample)`` from the plans of :func:`plan_step`."""
+    """``(prev_sample, pred_original_sample)`` from the plans of ``plan_step``."""
     inputs = (sample, model_output, stored, noise)
     return run_sum(plans[0], inputs, sample), run_sum(plans[1], inputs, sample)
 
@@ -158,13 +158,13 @@ def apply_step(
 # -- per-call tables: the coefficients of every call, for the host and for a device counter -----
 
 FIRST, SECOND = 0, 1
-"""Row blocks of :class:`CallTables`: a call made in first order (no stored sample) or second order."""
+"""Row blocks of ``CallTables``: a call made in first order (no stored sample) or second order."""
 
 
 class CallTables(NamedTuple):
     """Every call's coefficients, computed once per schedule, for both orders a call can take.
 
-    ``coefficients[order][k]`` is call ``k``'s :class:`Coefficients` in that order (second order
+    ``coefficients[order][k]`` is call ``k``'s ``Coefficients`` in that order (second order
     at ``k = 0`` cannot happen and is all zeros); ``scales[order][k]`` is the model-input divisor
     ``sqrt(sigma^2 + 1)``; ``live[order]`` says which of the six coefficients are non-zero at some
     call, so that a traced step leaves out the terms that are zero at every call. Computed once,
@@ -179,7 +179,7 @@ class CallTables(NamedTuple):
     churn: bool
     """``s_churn > 0``: a second-order call counted on the device always draws noise (unused at the end)."""
     plans: tuple[list[tuple[Sum | None, Sum | None]], list[tuple[Sum | None, Sum | None]]]
-    """:func:`plan_step` of each call and order, for the eager torch path."""
+    """``plan_step`` of each call and order, for the eager torch path."""
 
     def as_tensor(self) -> torch.Tensor:
         """``(2, num_calls, 7)`` float64: the six coefficients, then the scale, per order and call."""
@@ -239,9 +239,9 @@ def apply_step_row(
     stored: torch.Tensor | None = None,
     noise: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """:func:`apply_step` with the coefficients in a device tensor ``row`` (no host value read).
+    """``apply_step`` with the coefficients in a device tensor ``row`` (no host value read).
 
-    ``row`` holds the six coefficients (a row of :meth:`CallTables.as_tensor`); terms whose
+    ``row`` holds the six coefficients (a row of ``CallTables.as_tensor``); terms whose
     coefficient is zero at every call (``live``) are left out, the others are multiplied in the
     compute dtype (at least float32) and the sum is rounded once to ``sample.dtype``. Because no
     coefficient is a Python number, a traced call is the same graph for every call of one order.

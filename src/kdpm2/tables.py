@@ -36,7 +36,7 @@ def ldm_betas(num_train_timesteps: int, beta_start: float, beta_end: float) -> t
     """float64 betas of LDM's "linear" schedule (diffusers' ``scaled_linear``), as LDM builds them.
 
     LDM, ComfyUI and AUTOMATIC1111 square a float64 ``linspace`` of the square roots and take the
-    cumulative product in float64 (:func:`ldm_alphas_cumprod`); diffusers does the same arithmetic
+    cumulative product in float64 (``ldm_alphas_cumprod``); diffusers does the same arithmetic
     in float32, which moves the training sigmas by up to 1.3e-5 (relative, at t=0). The front-ends
     round the table differently afterwards (``kdpm2.frontends``).
     """

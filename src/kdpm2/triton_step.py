@@ -8,7 +8,7 @@ A call computes, per element and in float32 registers,
 and rounds each result once to the input dtype (float16, bfloat16 or float32). The coefficients
 are kernel scalar arguments, so nothing is read back from the device and a CUDA graph captured
 around a whole loop bakes in each call's own coefficients. Terms whose coefficient is exactly 0
-are left out (as in :func:`kdpm2.functional.apply_step`, so a non-finite value in an unused input
+are left out (as in ``kdpm2.functional.apply_step``, so a non-finite value in an unused input
 does not leak into the result); which terms are live is a compile-time flag of the kernel.
 
 Under ``torch.compile`` the launch goes through a ``torch.library.triton_op`` so dynamo traces it

@@ -7,11 +7,11 @@ what was passed: a NumPy scalar or a 0-d tensor becomes a plain number before it
 The valid domain of the schedule (decided in issue 11):
 
 - betas lie in the open interval (0, 1) and give a training sigma table that is finite and
-  within :data:`SIGMA_RANGE` (float32 ``alphas_cumprod`` must neither reach 0 nor stay at 1);
-- every non-zero sigma lies in :data:`SIGMA_RANGE`, the range where ``sigma**2`` is a normal
+  within ``SIGMA_RANGE`` (float32 ``alphas_cumprod`` must neither reach 0 nor stay at 1);
+- every non-zero sigma lies in ``SIGMA_RANGE``, the range where ``sigma**2`` is a normal
   float32, so the float32 public tables, ``sigma**2 + 1`` and products of two sigmas are finite
   and non-zero;
-- ``num_train_timesteps`` is at most :data:`MAX_TRAIN_TIMESTEPS`.
+- ``num_train_timesteps`` is at most ``MAX_TRAIN_TIMESTEPS``.
 
 The tensor checks used by ``step``/``scale_model_input``/``add_noise`` read metadata only (dtype,
 layout, device): no device sync, no ``.item()``.
@@ -237,7 +237,7 @@ def custom_timesteps(timesteps: Any, num_train_timesteps: int) -> np.ndarray:
 
 
 def sigma_bound(name: str, value: float | None) -> float | None:
-    """``sigma_min`` / ``sigma_max``: ``None`` or a number in :data:`SIGMA_RANGE`."""
+    """``sigma_min`` / ``sigma_max``: ``None`` or a number in ``SIGMA_RANGE``."""
     value = real(name, value, 0.0, strict=True, optional=True)
     if value is not None and not SIGMA_RANGE[0] <= value <= SIGMA_RANGE[1]:
         raise ValueError(f"{name} must lie in {_sigma_range_text()}; got {value}")
@@ -260,7 +260,7 @@ def family_bounds(family: str, low: float, high: float, given_low: bool, given_h
 
 
 def training_sigmas(log_sigmas: torch.Tensor, source: str, betas: torch.Tensor | None = None) -> None:
-    """The training sigma table must be finite and within :data:`SIGMA_RANGE` (``source`` names the betas).
+    """The training sigma table must be finite and within ``SIGMA_RANGE`` (``source`` names the betas).
 
     The float32 ``betas`` must lie in (0, 1) too: a beta that rounds to 0 or 1 in float32 is refused.
     """
