@@ -276,6 +276,17 @@ SCHEDULE_EXAMPLES = (
     ks.Schedule({"beta_schedule": "squaredcos_cap_v2"}, 25),  # sigma_max about 157
     ks.Schedule({"discard_penultimate_sigma": True}, 1),  # bug: the constructor raised
     ks.Schedule({}, 3),  # bug: set_begin_index(5) was accepted for 5 calls
+    ks.Schedule(  # spec contradiction: rounded Karras timesteps rise by rounding (0 -> 0.2475 -> 0)
+        {
+            "beta_start": 0.000776,
+            "prediction_type": "v_prediction",
+            "steps_offset": 1,
+            "use_karras_sigmas": True,
+            "round_karras_timesteps": True,
+            "sigma_max": 1.9,
+        },
+        34,
+    ),
 )
 """Pinned schedules: diffusers' known edge cases and the bugs this suite found."""
 
