@@ -21,6 +21,7 @@ from hypothesis import example, given
 from hypothesis import strategies as st
 
 from kdpm2_spec import PREDICTION_TYPES, Reference, invariants, schedule
+from kdpm2_spec import strategies as ks
 
 # -- configurations and schedule requests ---------------------------------------------------------
 
@@ -402,6 +403,29 @@ def test_rounded_karras_timesteps_rise_by_rounding_only(n: int) -> None:
     with pytest.raises(AssertionError, match="timesteps increase at"):
         invariants.check_timesteps_range(ref)
     run(invariants.check_timesteps_range, Case({"use_karras_sigmas": True}, Request(n)))
+
+
+def test_family_bounds_that_cross_are_rejected() -> None:
+    """The conformance suite's second contradiction: ``sigma_max=1`` alone with ``trailing`` spacing at
+    2 steps (the spaced end, about 2.28, is the lower bound) asked for rising sigmas; the spec rejects it."""
+    config = {"timestep_spacing": "trailing", "use_exponential_sigmas": True, "sigma_max": 1.0}
+    with pytest.raises(ValueError, match=r"sigma_min=2\.27\d* must be below sigma_max=1\.0 for 2 sigmas"):
+        Reference(**config).set_timesteps(2)
+    assert [n for n in range(1, 8) if ks.bounds_cross(config, n)] == [1, 2, 3]
+    ref = Reference(**config)
+    ref.set_timesteps(4)
+    invariants.check_sigmas_decreasing(ref)
+    invariants.check_timesteps_range(ref)
+
+
+@given(case=ks.schedules(ks.supported_args(Reference)))
+@example(case=ks.Schedule({"timestep_spacing": "trailing", "use_exponential_sigmas": True, "sigma_max": 1.0}, 4))
+def test_every_drawn_schedule_is_valid_for_the_spec(case: ks.Schedule) -> None:
+    """The conformance strategies draw only requests the Reference accepts (else the suite would
+    fail a correct implementation that rejects them)."""
+    ref = Reference(**case.config)
+    ref.set_timesteps(case.steps)
+    invariants.check_sigmas_decreasing(ref)
 
 
 def test_rounded_timesteps_may_not_rise_by_half_or_more() -> None:

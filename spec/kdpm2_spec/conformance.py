@@ -287,6 +287,9 @@ SCHEDULE_EXAMPLES = (
         },
         34,
     ),
+    # spec contradiction: at 1-3 steps the spaced end (trailing: t = T/n - 1) lies above sigma_max=1,
+    # so the bounds cross and the request is invalid; 4 steps is the first valid count
+    ks.Schedule({"timestep_spacing": "trailing", "use_exponential_sigmas": True, "sigma_max": 1.0}, 4),
 )
 """Pinned schedules: diffusers' known edge cases and the bugs this suite found."""
 
