@@ -9,7 +9,8 @@ A scheduler's constructor arguments are its config: readable as ``scheduler.conf
    did not give. ``from_config`` drops those keys, so a value that was only a default takes the
    new class's default (``EDMEulerScheduler.from_config(ours.config)`` keeps its own sigmas).
 2. ``extract_init_dict`` splits a config into constructor arguments, unused keys and "hidden"
-   keys; keys that a compatible diffusers class knows are kept in the config, silently.
+   keys; keys that a compatible diffusers class knows are kept in the config, silently (when
+   diffusers is imported; it is never imported for this).
 3. Saved files leave out ``_use_default_values`` and record ``_class_name`` and
    ``_diffusers_version`` (in the config too, as diffusers does when it serialises).
 
@@ -22,11 +23,11 @@ The errors for unreadable files are both ``ValueError`` and ``OSError`` (diffuse
 from __future__ import annotations
 
 import functools
-import importlib
 import inspect
 import json
 import logging
 import os
+import sys
 import warnings
 from collections import OrderedDict
 from collections.abc import Callable, Mapping
@@ -268,10 +269,13 @@ class ConfigMixin:
 
     @classmethod
     def _get_compatibles(cls) -> list[type]:
-        """The diffusers classes named in ``_compatibles`` (and our name), as diffusers resolves them."""
-        try:
-            diffusers = importlib.import_module("diffusers")
-        except ImportError:
+        """The diffusers classes named in ``_compatibles`` (and our name), if diffusers is imported.
+
+        diffusers is not imported for this (it takes seconds): without it, the only difference is
+        that keys of its classes are logged as unexpected instead of kept silently.
+        """
+        diffusers = sys.modules.get("diffusers")
+        if diffusers is None:
             return []
         names = [cls.__name__] + [n for n in cls._compatibles if n != cls.__name__]
         return [getattr(diffusers, n) for n in names if hasattr(diffusers, n)]
@@ -302,10 +306,7 @@ class ConfigMixin:
         origin = config.pop("_class_name", cls.__name__)
         if isinstance(origin, str):
             if origin != cls.__name__:
-                try:
-                    source = getattr(importlib.import_module("diffusers"), origin, None)
-                except ImportError:
-                    source = None
+                source = getattr(sys.modules.get("diffusers"), origin, None)
                 if source is not None:
                     foreign = set(inspect.signature(source.__init__).parameters) - expected
                     config = {k: v for k, v in config.items() if k not in foreign}
