@@ -287,7 +287,7 @@ SCHEDULE_EXAMPLES = (
         },
         34,
     ),
-    # spec contradiction: at 1-3 steps the spaced end (trailing: t = T/n - 1) lies above sigma_max=1,
+    # spec contradiction: at 2-3 steps the spaced end (trailing: t = T/n - 1) lies above sigma_max=1,
     # so the bounds cross and the request is invalid; 4 steps is the first valid count
     ks.Schedule({"timestep_spacing": "trailing", "use_exponential_sigmas": True, "sigma_max": 1.0}, 4),
 )

@@ -132,7 +132,8 @@ class Reference:
         sigmas = schedule.t_to_sigma(timesteps, self.train_sigmas, c["sigma_interpolation"])
         lo = sigmas[-1] if c["sigma_min"] is None else c["sigma_min"]
         hi = sigmas[0] if c["sigma_max"] is None else c["sigma_max"]
-        if (c["use_karras_sigmas"] or c["use_exponential_sigmas"] or c["use_beta_sigmas"]) and not lo < hi:
+        family_set = c["use_karras_sigmas"] or c["use_exponential_sigmas"] or c["use_beta_sigmas"]
+        if family_set and n > 1 and not lo < hi:  # one sigma is sigma_max whatever the bounds
             raise ValueError(
                 f"sigma_min={lo} must be below sigma_max={hi} for {n} sigmas (a bound not given is the "
                 "spaced schedule's end)"
