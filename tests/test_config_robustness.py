@@ -158,7 +158,7 @@ def test_register_to_config_accepts_only_what_the_constructor_accepts(key: str, 
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             probe = K(**merged)
-    except Exception as error:  # noqa: BLE001 - whatever the constructor raises, the same is raised here
+    except Exception as error:  # whatever the constructor raises, the same is raised here
         with pytest.raises(type(error)):
             s.register_to_config(**{key: value})
         assert list(s.config.items()) == before, f"register_to_config({key}={value!r}) changed the config"

@@ -95,6 +95,7 @@ def test_save_ours_load_diffusers(tmp_path):
     assert data["_class_name"] == "KDPM2DiscreteScheduler" and data["sigma_interpolation"] == "log"
     theirs = diffusers.KDPM2DiscreteScheduler.from_pretrained(tmp_path)
     assert theirs.config.beta_schedule == "scaled_linear" and theirs.config.use_karras_sigmas
+
     def saved(config):  # what a file keeps: no _use_default_values, no unset (None) sigma bounds
         return {k: v for k, v in config.items() if k not in ("_use_default_values", "sigma_min", "sigma_max", "s_tmax")}
 

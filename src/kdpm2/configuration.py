@@ -311,7 +311,9 @@ class ConfigMixin:
                     foreign = set(inspect.signature(source.__init__).parameters) - expected
                     config = {k: v for k, v in config.items() if k not in foreign}
         elif not isinstance(origin, (list, tuple)):
-            raise ValueError("Make sure that the `_class_name` is of type string or list of string (for custom pipelines).")
+            raise ValueError(
+                "Make sure that the `_class_name` is of type string or list of string (for custom pipelines)."
+            )
         config = {k: v for k, v in config.items() if not k.startswith("_") and k != "quantization_config"}
         init: dict[str, Any] = {}
         for key in cls._init_parameters():
@@ -438,9 +440,7 @@ class ConfigMixin:
         """What a saved file holds: the config with the class name and format version, minus unsaved keys."""
         unset = set(self._unset_when_none)
         data = {
-            k: _jsonable(v)
-            for k, v in self.config.items()
-            if k not in NOT_SAVED and not (k in unset and v is None)
+            k: _jsonable(v) for k, v in self.config.items() if k not in NOT_SAVED and not (k in unset and v is None)
         }
         data["_class_name"] = type(self).__name__
         data["_diffusers_version"] = DIFFUSERS_FORMAT_VERSION

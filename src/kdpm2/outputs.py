@@ -27,7 +27,7 @@ class BaseOutput(OrderedDict[str, Any]):
         pytree.register_pytree_node(
             cls,
             lambda out: (list(out.values()), list(out.keys())),
-            lambda values, keys: cls(**dict(zip(keys, values))),
+            lambda values, keys: cls(**dict(zip(keys, values, strict=True))),
             serialized_type_name=f"{cls.__module__}.{cls.__name__}",
         )
 
