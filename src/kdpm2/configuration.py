@@ -102,25 +102,25 @@ class FrozenDict(OrderedDict[str, Any]):
     def _refuse(self, method: str) -> Any:
         raise TypeError(f"config is frozen; cannot use {method}")
 
-    def pop(self, *args: Any, **kwargs: Any) -> Any:  # type: ignore[override]
+    def pop(self, *args: Any, **kwargs: Any) -> Any:
         return self._refuse("pop")
 
-    def popitem(self, *args: Any, **kwargs: Any) -> Any:  # type: ignore[override]
+    def popitem(self, *args: Any, **kwargs: Any) -> Any:
         return self._refuse("popitem")
 
     def clear(self) -> None:
         self._refuse("clear")
 
-    def update(self, *args: Any, **kwargs: Any) -> None:  # type: ignore[override]
+    def update(self, *args: Any, **kwargs: Any) -> None:
         self._refuse("update")
 
-    def setdefault(self, *args: Any, **kwargs: Any) -> Any:  # type: ignore[override]
+    def setdefault(self, *args: Any, **kwargs: Any) -> Any:
         return self._refuse("setdefault")
 
-    def move_to_end(self, *args: Any, **kwargs: Any) -> None:  # type: ignore[override]
+    def move_to_end(self, *args: Any, **kwargs: Any) -> None:
         self._refuse("move_to_end")
 
-    def __ior__(self, other: Any) -> Any:  # type: ignore[override,misc]
+    def __ior__(self, other: Any) -> Any:  # type: ignore[misc]
         return self._refuse("|=")
 
     def __reduce__(self) -> Any:
@@ -301,7 +301,7 @@ class ConfigMixin:
         if cls.has_compatibles:
             compatible_keys: set[str] = set()
             for other in cls._get_compatibles():
-                compatible_keys |= set(inspect.signature(other.__init__).parameters)
+                compatible_keys |= set(inspect.signature(other).parameters) | {"self"}
             config = {k: v for k, v in config.items() if k not in compatible_keys - own}
         origin = config.pop("_class_name", cls.__name__)
         if isinstance(origin, str):

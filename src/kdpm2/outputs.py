@@ -61,16 +61,16 @@ class BaseOutput(OrderedDict[str, Any]):
     def _refuse(self, method: str) -> Any:
         raise TypeError(f"cannot use {method} on a {type(self).__name__}")
 
-    def pop(self, *args: Any, **kwargs: Any) -> Any:  # type: ignore[override]
+    def pop(self, *args: Any, **kwargs: Any) -> Any:
         return self._refuse("pop")
 
-    def popitem(self, *args: Any, **kwargs: Any) -> Any:  # type: ignore[override]
+    def popitem(self, *args: Any, **kwargs: Any) -> Any:
         return self._refuse("popitem")
 
-    def setdefault(self, *args: Any, **kwargs: Any) -> Any:  # type: ignore[override]
+    def setdefault(self, *args: Any, **kwargs: Any) -> Any:
         return self._refuse("setdefault")
 
-    def update(self, *args: Any, **kwargs: Any) -> None:  # type: ignore[override]
+    def update(self, *args: Any, **kwargs: Any) -> None:
         self._refuse("update")
 
     def clear(self) -> None:
