@@ -33,10 +33,15 @@ class BaseOutput(OrderedDict[str, Any]):
 
     def __post_init__(self) -> None:
         """Fill the mapping from the fields, in declaration order, skipping those that are ``None``."""
-        for field in fields(self):  # type: ignore[arg-type]
-            value = getattr(self, field.name)
+        names = type(self).__dict__.get("_field_names")
+        if names is None:  # once per class: ``fields()`` is slow, and this runs on every step
+            names = tuple(f.name for f in fields(self))  # type: ignore[arg-type]
+            type.__setattr__(type(self), "_field_names", names)
+        values = self.__dict__
+        for name in names:
+            value = values[name]
             if value is not None:
-                OrderedDict.__setitem__(self, field.name, value)
+                OrderedDict.__setitem__(self, name, value)
 
     def __getitem__(self, key: Any) -> Any:
         """A string reads the mapping (``KeyError`` for a ``None`` field); anything else indexes ``to_tuple()``."""
@@ -46,7 +51,7 @@ class BaseOutput(OrderedDict[str, Any]):
 
     def __setattr__(self, name: str, value: Any) -> None:
         """Setting a field keeps the mapping in step (a ``None`` value leaves the mapping as it is)."""
-        if name in self.keys() and value is not None:
+        if value is not None and OrderedDict.__contains__(self, name):
             OrderedDict.__setitem__(self, name, value)
         object.__setattr__(self, name, value)
 
@@ -87,9 +92,16 @@ class BaseOutput(OrderedDict[str, Any]):
         return tuple(self[k] for k in self.keys())
 
 
-@dataclass
+@dataclass(init=False)
 class KDPM2DiscreteSchedulerOutput(BaseOutput):
     """What ``step`` returns: the next sample and this call's denoised estimate."""
 
     prev_sample: torch.Tensor
     pred_original_sample: torch.Tensor | None = None
+
+    def __init__(self, prev_sample: torch.Tensor, pred_original_sample: torch.Tensor | None = None) -> None:
+        """The dataclass constructor, written out: ``step`` builds one per call, so it skips ``__setattr__``."""
+        self.__dict__.update(prev_sample=prev_sample, pred_original_sample=pred_original_sample)
+        OrderedDict.__setitem__(self, "prev_sample", prev_sample)
+        if pred_original_sample is not None:
+            OrderedDict.__setitem__(self, "pred_original_sample", pred_original_sample)
