@@ -254,6 +254,10 @@ def ulp(x: np.ndarray, dtype: str) -> np.ndarray:
     return 2.0 ** (exponent - mantissa)
 
 
+LARGEST = {"float16": 65504.0, "bfloat16": float(2**128 - 2**120), "float32": float(2**128 - 2**104)}
+"""The largest finite value of each low-precision dtype; beyond it, round to nearest may give infinity."""
+
+
 # -- properties ---------------------------------------------------------------------------------
 
 
@@ -472,9 +476,21 @@ def float32_loop(target: Target, case: ks.Loop) -> None:
     )
 
 
-@prop(lambda target: ks.low_precision_steps(target.args))
+LOW_PRECISION_EXAMPLES = (
+    # spec contradiction: the exact prev_sample (-121121) lies beyond float16's range, so its float16
+    # rounding is -inf; the check asked for one ulp of the unrepresentable value
+    ks.LowPrecision({"beta_schedule": "squaredcos_cap_v2"}, 2, 0, "float16", 0, 4.0),
+)
+"""Pinned low-precision steps."""
+
+
+@prop(lambda target: ks.low_precision_steps(target.args), LOW_PRECISION_EXAMPLES)
 def low_precision_step(target: Target, case: ks.LowPrecision) -> None:
-    """float16/bfloat16 ``step`` outputs are within one ulp of the float64 reference step on the same inputs."""
+    """float16/bfloat16 ``step`` outputs are within one ulp of the float64 reference step on the same inputs.
+
+    Where the exact value lies beyond the dtype's largest finite value, its rounding may be the
+    infinity of the same sign (IEEE round to nearest overflows), and that is accepted too.
+    """
     adapter = _with_dtype(target, case.dtype)
     ref, impl, text = _built(target, case.config, **_steps(case.steps))
     calls = len(ref.timesteps)
@@ -495,8 +511,10 @@ def low_precision_step(target: Target, case: ks.LowPrecision) -> None:
             ("pred_original_sample", want.pred_original_sample, got.pred_original_sample),
         ):
             value = adapter.array(value)
-            err = np.abs(value - exact)
-            bad = np.flatnonzero(err > ulp(exact, case.dtype))
+            with np.errstate(invalid="ignore"):
+                err = np.abs(value - exact)
+            overflow = (np.abs(exact) > LARGEST[case.dtype]) & (value == np.sign(exact) * np.inf)
+            bad = np.flatnonzero(~(err <= ulp(exact, case.dtype)) & ~overflow)
             assert len(bad) == 0, (
                 f"{name}.flat[{bad[0]}]={value.flat[bad[0]]!r}, but should be {exact.flat[bad[0]]!r} "
                 f"to one {case.dtype} ulp ({ulp(exact, case.dtype).flat[bad[0]]:.3g}) [{where}, {prediction}]"
