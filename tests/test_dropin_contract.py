@@ -403,3 +403,33 @@ def test_step_output_copies_and_flattens() -> None:
     assert len(leaves) == 2 and leaves[0] is ours.prev_sample
     again = pytree.tree_unflatten(leaves, spec)
     assert type(again) is type(ours) and again.prev_sample is ours.prev_sample
+
+
+# -- 4. the deliberate deviations (docs/migration.md) ------------------------------------------------
+
+
+def test_trained_betas_of_the_wrong_length_keep_raising() -> None:
+    """diffusers accepts 2 betas for 1100 training steps (its own test does); we name both numbers."""
+    theirs = D(num_train_timesteps=1100, trained_betas=np.array([0.1, 0.3]))
+    assert len(theirs.betas) == 2
+    with pytest.raises(ValueError, match=r"num_train_timesteps=1100 values; got shape \(2,\)"):
+        K(num_train_timesteps=1100, trained_betas=np.array([0.1, 0.3]))
+
+
+def test_float32_loops_differ_from_diffusers_by_float32_rounding_only() -> None:
+    """diffusers' own image-to-image loop (its test_full_loop_with_noise): the sums agree to 1e-6 relative."""
+    n = 4 * 3 * 8 * 8
+    sample0 = (torch.arange(n).reshape(3, 8, 8, 4) / n).permute(3, 0, 1, 2)
+    noise = (torch.arange(n).flip(-1).reshape(3, 8, 8, 4) / n).permute(3, 0, 1, 2)
+    sums = []
+    for cls in (K, D):
+        s = cls(num_train_timesteps=1100, beta_start=0.0001, beta_end=0.02)
+        s.set_timesteps(10)
+        timesteps = s.timesteps[8 * s.order :]
+        sample = s.add_noise(sample0 * s.init_noise_sigma, noise, timesteps[:1])
+        for t in timesteps:  # as diffusers' test: the scaled sample goes to step
+            sample = s.scale_model_input(sample, t)
+            sample = s.step(sample * t / (t + 1), t, sample).prev_sample
+        sums.append(float(sample.abs().sum()))
+    assert sums[1] == pytest.approx(70408.4062, abs=1e-2)  # diffusers' own expected value
+    assert sums[0] == pytest.approx(sums[1], rel=1e-6)
