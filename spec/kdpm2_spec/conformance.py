@@ -302,6 +302,9 @@ LOOP_EXAMPLES = (
     ks.Loop({"beta_schedule": "squaredcos_cap_v2", "discard_penultimate_sigma": True}, 1, None, 0.0, 0, (2, 3)),
     ks.Loop({"use_exponential_sigmas": True, "sigma_max": 20.0}, 7, None, 0.0, 0, (2, 3)),  # repeated first timestep
     ks.Loop({"use_karras_sigmas": True}, 50, 10, 0.1, 0, (2, 3)),  # image to image
+    # spec contradiction: the exact denoiser built from float32 tables is off by 1800 float32 ulps
+    # after s_0 = 20291 -> m_0 = 11.4; it now uses the reference's float64 sigmas
+    ks.Loop({"beta_schedule": "squaredcos_cap_v2"}, 2, 0, 0.0, 0, (2, 3)),
 )
 """Pinned loops: the schedules above, plus cancellation at sigma 157 and a skipped first call."""
 
@@ -373,8 +376,12 @@ def exact_denoiser(target: Target, case: ks.Loop) -> None:
     impl.set_timesteps(case.steps)
     begin = min(2 * (case.begin or 0), len(impl.timesteps) - 1)
     prediction = case.config.get("prediction_type", "epsilon")
+    ref = Reference(**case.config)
+    ref.set_timesteps(case.steps)
     try:
-        invariants.check_exact_denoiser(impl, target.adapter, begin, prediction)
+        invariants.check_exact_denoiser(
+            impl, target.adapter, begin, prediction, exact_tables=(ref.sigmas, ref.sigmas_interpol)
+        )
     except AssertionError as error:
         raise AssertionError(
             f"{error} [{target.name}(**{case.config!r}).set_timesteps({case.steps}); set_begin_index({begin})]"
