@@ -134,7 +134,8 @@ def test_to_json_string_is_diffusers_format() -> None:
     assert data["_class_name"] == "KDPM2DiscreteScheduler"
     assert data["_diffusers_version"] == DIFFUSERS_FORMAT_VERSION
     assert data["trained_betas"] == betas.tolist()
-    public = {k: v for k, v in s.config.items() if not k.startswith("_") and v is not None}
+    unset = KDPM2DiscreteScheduler._unset_when_none
+    public = {k: v for k, v in s.config.items() if not k.startswith("_") and not (k in unset and v is None)}
     assert {k: v for k, v in data.items() if not k.startswith("_")} == json.loads(json.dumps(public))
     s.register_to_config(_private=1, where=pathlib.PurePosixPath("a/b"), table=torch.tensor([1.5, 2.5]))
     s.register_to_config(count=np.int64(3), name="text")
