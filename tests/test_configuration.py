@@ -70,12 +70,15 @@ def test_frozen_dict_copies_stay_frozen_and_equal() -> None:
 
 
 def test_config_holds_every_constructor_argument() -> None:
-    """``config`` has each constructor argument, given or default, and nothing else."""
+    """``config`` has each constructor argument, given or default, then the defaults' names (diffusers)."""
     s = KDPM2DiscreteScheduler(beta_schedule="scaled_linear", steps_offset=1)
     params = KDPM2DiscreteScheduler._init_parameters()
-    assert list(s.config) == list(params)
+    assert list(s.config) == [*params, "_use_default_values"]
+    assert s.config._use_default_values == [k for k in params if k not in ("beta_schedule", "steps_offset")]
     assert s.config.beta_schedule == "scaled_linear" and s.config["steps_offset"] == 1
     assert all(s.config[k] == p.default for k, p in params.items() if k not in ("beta_schedule", "steps_offset"))
+    given = KDPM2DiscreteScheduler(**{k: p.default for k, p in params.items()})
+    assert given.config._use_default_values == ["sigma_min", "sigma_max", "s_tmax"]  # None means "not set"
 
 
 def test_register_to_config_adds_and_replaces() -> None:
@@ -91,29 +94,32 @@ def test_register_to_config_adds_and_replaces() -> None:
 
 
 def test_extract_init_dict_splits_known_and_unknown_keys() -> None:
-    """Private keys are dropped, keyword arguments override, unknown keys come back separately."""
-    init, unused = KDPM2DiscreteScheduler.extract_init_dict(
-        {"_class_name": "X", "beta_end": 0.02, "clip_sample": True, "steps_offset": 0}, steps_offset=1, other=3
+    """Private keys are dropped, keyword arguments override, unknown keys come back separately (3-tuple)."""
+    init, unused, hidden = KDPM2DiscreteScheduler.extract_init_dict(
+        {"_class_name": "X", "beta_end": 0.02, "zeta": True, "steps_offset": 0}, steps_offset=1, other=3
     )
     assert init == {"beta_end": 0.02, "steps_offset": 1}
-    assert unused == {"clip_sample": True, "other": 3}
+    assert unused == {"zeta": True, "other": 3}
+    assert hidden == {"_class_name": "X", "zeta": True}
 
 
 def test_from_config_defaults_overrides_and_unused(caplog: pytest.LogCaptureFixture) -> None:
-    """``from_config()`` is the default scheduler; unknown keys are logged (sorted) and optionally returned."""
-    assert dict(KDPM2DiscreteScheduler.from_config().config) == dict(KDPM2DiscreteScheduler().config)
+    """``from_config()`` needs a config; unknown keys are logged (diffusers' text) and optionally returned."""
+    with pytest.raises(ValueError, match=r"^Please make sure to provide a config as the first positional argument\.$"):
+        KDPM2DiscreteScheduler.from_config()
     config = {"beta_end": 0.02, "zeta": 1, "alpha": 2, "_diffusers_version": "0.1"}
     with caplog.at_level(logging.WARNING, logger="kdpm2"):
         s = KDPM2DiscreteScheduler.from_config(config, steps_offset=1)
     assert s.config.beta_end == 0.02 and s.config.steps_offset == 1
     assert [r.getMessage() for r in caplog.records] == [
-        "The config attributes ['alpha', 'zeta'] were passed to KDPM2DiscreteScheduler, "
-        "but are not expected and will be ignored."
+        "The config attributes {'zeta': 1, 'alpha': 2} were passed to KDPM2DiscreteScheduler, "
+        "but are not expected and will be ignored. Please verify your scheduler_config.json configuration file."
     ]
     caplog.clear()
     with caplog.at_level(logging.WARNING, logger="kdpm2"):
         s, unused = KDPM2DiscreteScheduler.from_config(s.config, return_unused_kwargs=True)
-    assert unused == {} and not caplog.records and s.config.steps_offset == 1
+    assert unused == {"zeta": 1, "alpha": 2, "_diffusers_version": "0.1"}  # kept for other classes
+    assert len(caplog.records) == 1 and s.config.steps_offset == 1  # the kept keys are reported again
     with pytest.raises(TypeError, match=r"^config must be a dict or a scheduler config, got list$"):
         KDPM2DiscreteScheduler.from_config([("beta_end", 0.02)])  # type: ignore[arg-type]
 
@@ -128,11 +134,13 @@ def test_to_json_string_is_diffusers_format() -> None:
     assert data["_class_name"] == "KDPM2DiscreteScheduler"
     assert data["_diffusers_version"] == DIFFUSERS_FORMAT_VERSION
     assert data["trained_betas"] == betas.tolist()
-    assert {k: v for k, v in data.items() if not k.startswith("_")} == json.loads(json.dumps(dict(s.config)))
+    unset = KDPM2DiscreteScheduler._unset_when_none
+    public = {k: v for k, v in s.config.items() if not k.startswith("_") and not (k in unset and v is None)}
+    assert {k: v for k, v in data.items() if not k.startswith("_")} == json.loads(json.dumps(public))
     s.register_to_config(_private=1, where=pathlib.PurePosixPath("a/b"), table=torch.tensor([1.5, 2.5]))
     s.register_to_config(count=np.int64(3), name="text")
     data = json.loads(s.to_json_string())
-    assert "_private" not in data and data["where"] == "a/b"
+    assert data["_private"] == 1 and "_use_default_values" not in data and data["where"] == "a/b"
     assert data["table"] == [1.5, 2.5] and data["count"] == 3 and data["name"] == "text"
 
 
@@ -149,8 +157,8 @@ def test_save_and_load_round_trip(tmp_path: pathlib.Path) -> None:
         KDPM2DiscreteScheduler.from_pretrained(target),
         KDPM2DiscreteScheduler.from_pretrained(tmp_path / "new", subfolder="scheduler"),
         KDPM2DiscreteScheduler.from_config(KDPM2DiscreteScheduler.load_config(path)),
-    ):
-        assert dict(loaded.config) == dict(s.config)
+    ):  # a file keeps no _use_default_values, and no unset (None) sigma bounds: those are recorded again
+        assert dict(loaded.config) == {**s.config, "_use_default_values": ["sigma_min", "sigma_max", "s_tmax"]}
     again = KDPM2DiscreteScheduler.from_pretrained(target, beta_end=0.015)
     assert again.config.beta_end == 0.015 and again.config.use_karras_sigmas
     assert KDPM2DiscreteScheduler.load_config(target, subfolder="") == json.loads(path.read_text())
@@ -165,15 +173,14 @@ def test_save_and_load_errors(tmp_path: pathlib.Path) -> None:
         s.save_pretrained(tmp_path, push_to_hub=True)
     file = tmp_path / "file.txt"
     file.write_text("x")
-    with pytest.raises(ValueError, match=r"must be a directory, not a file$"):
+    with pytest.raises(ValueError, match=r"should be a directory, not a file$"):
+        s.save_pretrained(file)
+    with pytest.raises(AssertionError):  # what diffusers raises
         s.save_pretrained(file)
     assert not (tmp_path / CONFIG_NAME).exists()
-    missing = tmp_path / "nothing"
-    with pytest.raises(OSError, match=r"^no scheduler_config.json found at '.*/nothing/\.\./nothing' \(only local"):
-        KDPM2DiscreteScheduler.from_pretrained(missing / "..", subfolder="nothing")
+    with pytest.raises(OSError, match=r"^'.*/nothing' is not a local file or directory \(kdpm2 reads configs from"):
+        KDPM2DiscreteScheduler.from_pretrained(tmp_path / "nothing")
     empty = tmp_path / "empty"
     empty.mkdir()
-    with pytest.raises(
-        OSError, match=r"found at '.*/empty/scheduler_config.json' \(only local directories are supported\)$"
-    ):
-        KDPM2DiscreteScheduler.load_config(empty)
+    with pytest.raises(OSError, match=r"^Error no file named scheduler_config.json found in directory .*/empty\.$"):
+        KDPM2DiscreteScheduler.load_config(empty, subfolder="nothing")

@@ -42,14 +42,14 @@ def test_output_indexes_like_diffusers_base_output() -> None:
     assert full[0:2] == (a, b)
     assert full["prev_sample"] is a and full["pred_original_sample"] is b
     assert full.to_tuple() == (a, b)
-    assert full.keys() == ["prev_sample", "pred_original_sample"]
+    assert list(full.keys()) == ["prev_sample", "pred_original_sample"]
     assert list(full) == ["prev_sample", "pred_original_sample"]
     assert len(full) == 2
     half = KDPM2DiscreteSchedulerOutput(prev_sample=a)
-    assert (
-        half.to_tuple() == (a,) and half.keys() == ["prev_sample"] and len(half) == 1 and list(half) == ["prev_sample"]
-    )
-    assert half["pred_original_sample"] is None
+    assert half.to_tuple() == (a,) and list(half.keys()) == ["prev_sample"] and len(half) == 1
+    assert list(half) == ["prev_sample"] and half.pred_original_sample is None
+    with pytest.raises(KeyError):  # a None field is not in the mapping, as in diffusers' BaseOutput
+        half["pred_original_sample"]
     with pytest.raises(IndexError):
         half[1]
 

@@ -21,6 +21,7 @@ from hypothesis import example, given
 from hypothesis import strategies as st
 
 from kdpm2_spec import PREDICTION_TYPES, Reference, invariants, schedule
+from kdpm2_spec import strategies as ks
 
 # -- configurations and schedule requests ---------------------------------------------------------
 
@@ -387,13 +388,52 @@ def test_churn_can_raise_timesteps() -> None:
         invariants.check_timesteps_range(ref)
 
 
-@pytest.mark.parametrize("n", [50, 100])
-def test_rounded_karras_timesteps_break_the_range_check(n: int) -> None:
-    """diffusers' rounding (``round_karras_timesteps=True``) makes timesteps rise; the check catches it."""
-    case = Case({"use_karras_sigmas": True, "round_karras_timesteps": True}, Request(n))
-    with pytest.raises(AssertionError, match="timesteps increase"):
-        run(invariants.check_timesteps_range, case)
+@pytest.mark.parametrize("n", [34, 50, 100])
+def test_rounded_karras_timesteps_rise_by_rounding_only(n: int) -> None:
+    """diffusers' rounding (``round_karras_timesteps=True``) makes timesteps rise, by less than 0.5:
+    the spec allows exactly that (rounding), and the same tables without the option fail the check."""
+    config = {"use_karras_sigmas": True, "round_karras_timesteps": True}
+    if n == 34:  # the case the conformance suite found: the last main timestep rounds down to 0
+        config.update(beta_start=0.000776, prediction_type="v_prediction", steps_offset=1, sigma_max=1.9)
+    ref = Case(config, Request(n)).build()
+    rise = np.diff(ref.timesteps)
+    assert 0 < rise.max() < invariants.ROUNDING_RISE, f"max rise {rise.max()} [{config}, {n} steps]"
+    invariants.check_timesteps_range(ref)
+    ref.config["round_karras_timesteps"] = False  # the same tables, claimed unrounded
+    with pytest.raises(AssertionError, match="timesteps increase at"):
+        invariants.check_timesteps_range(ref)
     run(invariants.check_timesteps_range, Case({"use_karras_sigmas": True}, Request(n)))
+
+
+def test_family_bounds_that_cross_are_rejected() -> None:
+    """The conformance suite's second contradiction: ``sigma_max=1`` alone with ``trailing`` spacing at
+    2 steps (the spaced end, about 2.28, is the lower bound) asked for rising sigmas; the spec rejects it."""
+    config = {"timestep_spacing": "trailing", "use_exponential_sigmas": True, "sigma_max": 1.0}
+    with pytest.raises(ValueError, match=r"sigma_min=2\.27\d* must be below sigma_max=1\.0 for 2 sigmas"):
+        Reference(**config).set_timesteps(2)
+    assert [n for n in range(1, 8) if ks.bounds_cross(config, n)] == [2, 3]  # one sigma is sigma_max
+    ref = Reference(**config)
+    ref.set_timesteps(4)
+    invariants.check_sigmas_decreasing(ref)
+    invariants.check_timesteps_range(ref)
+
+
+@given(case=ks.schedules(ks.supported_args(Reference)))
+@example(case=ks.Schedule({"timestep_spacing": "trailing", "use_exponential_sigmas": True, "sigma_max": 1.0}, 4))
+def test_every_drawn_schedule_is_valid_for_the_spec(case: ks.Schedule) -> None:
+    """The conformance strategies draw only requests the Reference accepts (else the suite would
+    fail a correct implementation that rejects them)."""
+    ref = Reference(**case.config)
+    ref.set_timesteps(case.steps)
+    invariants.check_sigmas_decreasing(ref)
+
+
+def test_rounded_timesteps_may_not_rise_by_half_or_more() -> None:
+    """With rounding, a rise of 0.5 is no longer rounding: the check names it."""
+    ref = Case({"use_karras_sigmas": True, "round_karras_timesteps": True}, Request(5)).build()
+    ref.timesteps = np.array([9.0, 4.0, 4.5, 0.0])
+    with pytest.raises(AssertionError, match=r"timesteps increase by 0.5 or more at \[1\]"):
+        invariants.check_timesteps_range(ref)
 
 
 def test_leading_offset_at_full_step_count_repeats_the_top_sigma() -> None:

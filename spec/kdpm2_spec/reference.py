@@ -25,6 +25,10 @@ How diffusers differs (its defects, not copied here):
   ``n`` (61, 103, ... of 1000), the last of them ``-1``. Here there are always ``n``.
 - ``prediction_type="sample"``, custom ``timesteps``/``sigmas``, ``sigma_min``/``sigma_max``, the
   A1111/ComfyUI options and churn are absent from diffusers.
+- A sigma family's bounds must not cross: with only one of ``sigma_min``/``sigma_max`` given, the
+  other is the spaced schedule's end, which depends on the step count (``trailing`` spacing at
+  2 steps ends at timestep ``T/2 - 1``, sigma about 2.4). ``sigma_max=1`` alone then asks for
+  sigmas that rise from 1 to 2.4; ``set_timesteps`` raises ``ValueError`` for such a request.
 """
 
 from __future__ import annotations
@@ -128,6 +132,12 @@ class Reference:
         sigmas = schedule.t_to_sigma(timesteps, self.train_sigmas, c["sigma_interpolation"])
         lo = sigmas[-1] if c["sigma_min"] is None else c["sigma_min"]
         hi = sigmas[0] if c["sigma_max"] is None else c["sigma_max"]
+        family_set = c["use_karras_sigmas"] or c["use_exponential_sigmas"] or c["use_beta_sigmas"]
+        if family_set and n > 1 and not lo < hi:  # one sigma is sigma_max whatever the bounds
+            raise ValueError(
+                f"sigma_min={lo} must be below sigma_max={hi} for {n} sigmas (a bound not given is the "
+                "spaced schedule's end)"
+            )
         family = None
         if c["use_karras_sigmas"]:
             family = schedule.karras_sigmas(n, lo, hi)

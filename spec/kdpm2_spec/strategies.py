@@ -19,7 +19,7 @@ from collections.abc import Collection
 from typing import Any, NamedTuple
 
 import numpy as np
-from hypothesis import HealthCheck, settings
+from hypothesis import HealthCheck, reject, settings
 from hypothesis import strategies as st
 
 PROFILES: dict[str, dict[str, Any]] = {
@@ -184,11 +184,34 @@ class Schedule(NamedTuple):
     steps: int
 
 
+def bounds_cross(config: dict[str, Any], steps: int) -> bool:
+    """True when a sigma family's effective bounds cross at ``steps`` (the spec rejects the request).
+
+    Only possible with exactly one of ``sigma_min``/``sigma_max`` given: the other is the end of
+    the spaced schedule, which moves with the step count.
+    """
+    if not any(config.get(f) for f in FAMILIES) or ("sigma_min" in config) == ("sigma_max" in config):
+        return False
+    from kdpm2_spec.reference import Reference
+
+    try:
+        Reference(**config).main_sigmas(steps)
+    except ValueError:
+        return True
+    return False
+
+
 @st.composite
 def schedules(draw: Any, supported: Collection[str] = DIFFUSERS_ARGS, **kwargs: Any) -> Schedule:
-    """A configuration over ``supported`` and a step count that suits it."""
+    """A configuration over ``supported`` and a step count that suits it (family bounds that do not cross)."""
     config = draw(configs(supported, **kwargs))
-    return Schedule(config, draw(st.integers(1, max_steps(config))))
+    steps = draw(st.integers(1, max_steps(config)))
+    if bounds_cross(config, steps):
+        valid = [n for n in range(1, max_steps(config) + 1) if not bounds_cross(config, n)]
+        if not valid:
+            reject()
+        steps = draw(st.sampled_from(valid))
+    return Schedule(config, steps)
 
 
 class Loop(NamedTuple):

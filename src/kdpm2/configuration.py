@@ -1,18 +1,37 @@
-"""Configuration handling compatible with diffusers' ``ConfigMixin``, without diffusers.
+"""Configuration handling that behaves as diffusers' ``ConfigMixin``, without importing diffusers.
 
 A scheduler's constructor arguments are its config: readable as ``scheduler.config.name`` or
-``scheduler.config["name"]``, saved as ``scheduler_config.json`` in diffusers' format, and
-loaded back by ``from_config`` / ``from_pretrained`` (ours or diffusers').
+``scheduler.config["name"]`` (and, deprecated as in diffusers, ``scheduler.name`` with a
+``FutureWarning``), saved as ``scheduler_config.json`` in diffusers' format, and loaded back by
+``from_config`` / ``from_pretrained`` (ours or diffusers'). The rules are diffusers' 0.42.1 ones:
+
+1. The constructor records its arguments, then ``_use_default_values``: the arguments the caller
+   did not give. ``from_config`` drops those keys, so a value that was only a default takes the
+   new class's default (``EDMEulerScheduler.from_config(ours.config)`` keeps its own sigmas).
+2. ``extract_init_dict`` splits a config into constructor arguments, unused keys and "hidden"
+   keys; keys that a compatible diffusers class knows are kept in the config, silently (when
+   diffusers is imported; it is never imported for this).
+3. Saved files leave out ``_use_default_values`` and record ``_class_name`` and
+   ``_diffusers_version`` (in the config too, as diffusers does when it serialises).
+
+Where diffusers lets bad input through, we do not: a config file must be UTF-8 JSON holding an
+object, keys must be strings, and ``register_to_config`` re-validates constructor arguments.
+The errors for unreadable files are both ``ValueError`` and ``OSError`` (diffusers raises
+``EnvironmentError``), so code written for either keeps working.
 """
 
 from __future__ import annotations
 
+import functools
 import inspect
 import json
 import logging
 import os
+import sys
+import warnings
 from collections import OrderedDict
-from typing import Any
+from collections.abc import Callable, Mapping
+from typing import Any, ClassVar
 
 import numpy as np
 
@@ -24,9 +43,38 @@ CONFIG_NAME = "scheduler_config.json"
 DIFFUSERS_FORMAT_VERSION = "0.42.1"
 """The diffusers release whose config format and behaviour we reproduce."""
 
+HUB_KWARGS = (
+    "cache_dir",
+    "local_dir",
+    "local_dir_use_symlinks",
+    "force_download",
+    "proxies",
+    "token",
+    "local_files_only",
+    "revision",
+    "mirror",
+    "user_agent",
+)
+"""Download options ``load_config`` accepts (and ignores: configs are read from local paths only)."""
+
+NOT_SAVED = ("_ignore_files", "_use_default_values", "_pre_quantization_dtype")
+"""Config keys diffusers keeps in memory but never writes to a file."""
+
+
+class ConfigFileError(ValueError, OSError):
+    """A config file or object that cannot be a config: a ``ValueError``, and an ``OSError`` as in diffusers."""
+
+
+class NotADirectoryConfigError(ValueError, AssertionError):
+    """``save_config`` was given a file: a ``ValueError``, and the ``AssertionError`` diffusers raises."""
+
 
 class FrozenDict(OrderedDict[str, Any]):
-    """An immutable ordered dict whose keys are also attributes, like diffusers' FrozenDict."""
+    """An immutable ordered dict whose keys are also attributes, like diffusers' FrozenDict.
+
+    Every mutating method raises ``TypeError`` (diffusers raises a bare ``Exception`` for the
+    same calls), so a config cannot change behind the scheduler's back.
+    """
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -51,6 +99,30 @@ class FrozenDict(OrderedDict[str, Any]):
     def __delitem__(self, name: str) -> None:
         raise TypeError(f"config is frozen; cannot delete {name!r}")
 
+    def _refuse(self, method: str) -> Any:
+        raise TypeError(f"config is frozen; cannot use {method}")
+
+    def pop(self, *args: Any, **kwargs: Any) -> Any:
+        return self._refuse("pop")
+
+    def popitem(self, *args: Any, **kwargs: Any) -> Any:
+        return self._refuse("popitem")
+
+    def clear(self) -> None:
+        self._refuse("clear")
+
+    def update(self, *args: Any, **kwargs: Any) -> None:
+        self._refuse("update")
+
+    def setdefault(self, *args: Any, **kwargs: Any) -> Any:
+        return self._refuse("setdefault")
+
+    def move_to_end(self, *args: Any, **kwargs: Any) -> None:
+        self._refuse("move_to_end")
+
+    def __ior__(self, other: Any) -> Any:  # type: ignore[misc]
+        return self._refuse("|=")
+
     def __reduce__(self) -> Any:
         return (FrozenDict, (list(self.items()),))
 
@@ -67,19 +139,108 @@ def _jsonable(value: Any) -> Any:
         return value.tolist()
     if isinstance(value, os.PathLike):
         return os.fspath(value)
+    if hasattr(value, "to_dict") and callable(value.to_dict):
+        return value.to_dict()
+    if isinstance(value, list):
+        return [_jsonable(v) for v in value]
     return value
+
+
+def _string_keys(config: Mapping[Any, Any], where: str) -> None:
+    """Every key of a config must be a string (diffusers fails later with an AttributeError)."""
+    for key in config:
+        if not isinstance(key, str):
+            raise TypeError(f"{where} keys must be strings; got {key!r} ({type(key).__name__})")
+
+
+def _read_json_object(path: str) -> dict[str, Any]:
+    """The JSON object in ``path``; any other content is a ``ConfigFileError`` naming the file."""
+    with open(path, "rb") as handle:
+        raw = handle.read()
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as error:
+        raise ConfigFileError(f"config file {path!r} is not valid UTF-8: {error}") from None
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as error:
+        raise ConfigFileError(
+            f"config file {path!r} is not valid JSON: {error.msg} at line {error.lineno} column {error.colno}"
+        ) from None
+    except RecursionError:
+        raise ConfigFileError(f"config file {path!r} is not a config: its JSON is nested too deeply") from None
+    if not isinstance(data, dict):
+        raise ConfigFileError(f"config file {path!r} must hold a JSON object; got a JSON {type(data).__name__}")
+    return data
+
+
+def _records_config(init: Callable[..., None]) -> Callable[..., None]:
+    """Wrap a constructor so the config also records private keys and ``_use_default_values``.
+
+    As diffusers' ``register_to_config`` decorator: keyword arguments starting with ``_`` go to
+    the config, not the constructor; the arguments not given are listed (in signature order) under
+    ``_use_default_values``, with the ``_unset_when_none`` arguments left at ``None``.
+    """
+    names = [
+        name
+        for name, p in inspect.signature(init).parameters.items()
+        if name != "self" and p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)
+    ]
+
+    @functools.wraps(init)
+    def recording_init(self: ConfigMixin, *args: Any, **kwargs: Any) -> None:
+        private = {k: v for k, v in kwargs.items() if k.startswith("_")}
+        public = {k: v for k, v in kwargs.items() if not k.startswith("_")}
+        init(self, *args, **public)
+        given = set(names[: len(args)]) | set(public)
+        config = dict(self._internal_dict)
+        unset = set(getattr(self, "_unset_when_none", ()))
+        defaults = [n for n in names if n not in given or (n in unset and config.get(n) is None)]
+        recorded = {**private, **config}
+        if defaults:
+            recorded["_use_default_values"] = defaults
+        self._internal_dict = FrozenDict(recorded)
+
+    recording_init._records_config = True  # type: ignore[attr-defined]
+    return recording_init
 
 
 class ConfigMixin:
     """Stores constructor arguments as a frozen config and (de)serialises it like diffusers."""
 
     config_name = CONFIG_NAME
+    ignore_for_config: ClassVar[list[str]] = []
+    has_compatibles = True
+    _compatibles: ClassVar[list[str]] = []
+    _deprecated_kwargs: ClassVar[list[str]] = []
+    _unset_when_none: ClassVar[tuple[str, ...]] = ()
+    """Arguments whose ``None`` means "not set": recorded as defaults and not written to files."""
     _internal_dict: FrozenDict
 
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        init = cls.__dict__.get("__init__")
+        if init is not None and not getattr(init, "_records_config", False):
+            cls.__init__ = _records_config(init)  # type: ignore[method-assign]
+
     def register_to_config(self, **kwargs: Any) -> None:
-        """Add or replace config entries (diffusers pipelines call this to patch configs)."""
-        merged = dict(getattr(self, "_internal_dict", {}))
-        merged.update(kwargs)
+        """Add or replace config entries (diffusers pipelines call this to patch configs).
+
+        New values of constructor arguments are validated by building a scheduler from the merged
+        config: an invalid one raises that constructor's error and leaves the config unchanged.
+        """
+        kwargs.pop("kwargs", None)
+        _string_keys(kwargs, "register_to_config")
+        current = self.__dict__.get("_internal_dict")
+        if current is None:
+            self._internal_dict = FrozenDict(kwargs)
+            return
+        merged = {**current, **kwargs}
+        params = self._init_parameters()
+        changed = [k for k in kwargs if k in params]
+        if changed:
+            probe = type(self)(**{k: merged[k] for k in params if k in merged})
+            merged.update({k: probe.config[k] for k in changed})
         self._internal_dict = FrozenDict(merged)
 
     @property
@@ -87,68 +248,223 @@ class ConfigMixin:
         """The constructor arguments as a frozen dict with attribute access."""
         return self._internal_dict
 
+    def __getattr__(self, name: str) -> Any:
+        """Config keys also read as attributes, deprecated as in diffusers (``FutureWarning``)."""
+        config = self.__dict__.get("_internal_dict")
+        if config is not None and name in config:
+            kind = type(self).__name__
+            warnings.warn(
+                f"Accessing config attribute `{name}` directly via '{kind}' object attribute is deprecated. "
+                f"Please access '{name}' over '{kind}'s config object instead, e.g. 'scheduler.config.{name}'.",
+                FutureWarning,
+                stacklevel=2,
+            )
+            return config[name]
+        raise AttributeError(f"'{type(self).__name__}' object has no attribute '{name}'")
+
     @classmethod
     def _init_parameters(cls) -> dict[str, inspect.Parameter]:
         params = inspect.signature(cls.__init__).parameters
         return {k: p for k, p in params.items() if k != "self" and p.kind is p.POSITIONAL_OR_KEYWORD}
 
     @classmethod
-    def extract_init_dict(cls, config: dict[str, Any], **kwargs: Any) -> tuple[dict[str, Any], dict[str, Any]]:
-        """Split a config into our constructor arguments and the keys we do not know."""
-        params = cls._init_parameters()
-        merged = {k: v for k, v in dict(config).items() if not k.startswith("_")}
-        merged.update(kwargs)
-        init = {k: v for k, v in merged.items() if k in params}
-        unused = {k: v for k, v in merged.items() if k not in params}
-        return init, unused
+    def _get_compatibles(cls) -> list[type]:
+        """The diffusers classes named in ``_compatibles`` (and our name), if diffusers is imported.
+
+        diffusers is not imported for this (it takes seconds): without it, the only difference is
+        that keys of its classes are logged as unexpected instead of kept silently.
+        """
+        diffusers = sys.modules.get("diffusers")
+        if diffusers is None:
+            return []
+        names = [cls.__name__] + [n for n in cls._compatibles if n != cls.__name__]
+        return [getattr(diffusers, n) for n in names if hasattr(diffusers, n)]
+
+    @classmethod
+    def extract_init_dict(
+        cls, config_dict: Mapping[str, Any], **kwargs: Any
+    ) -> tuple[dict[str, Any], dict[str, Any], dict[str, Any]]:
+        """Split a config into constructor arguments, unused keys and hidden keys, as diffusers does.
+
+        Keys listed in ``_use_default_values`` are dropped (the defaults of this class apply);
+        keyword arguments override the config; keys that only a compatible class or the config's
+        ``_class_name`` class knows are dropped silently; other unknown keys are logged.
+        """
+        if not isinstance(config_dict, Mapping):
+            raise TypeError(f"config must be a dict or a scheduler config, got {type(config_dict).__name__}")
+        _string_keys(config_dict, "config")
+        used_defaults = config_dict.get("_use_default_values", [])
+        config = {k: v for k, v in config_dict.items() if k not in used_defaults and k != "_use_default_values"}
+        original = dict(config)
+        expected = set(cls._init_parameters()) - set(cls.ignore_for_config)
+        own = set(inspect.signature(cls.__init__).parameters)
+        if cls.has_compatibles:
+            compatible_keys: set[str] = set()
+            for other in cls._get_compatibles():
+                compatible_keys |= set(inspect.signature(other).parameters) | {"self"}
+            config = {k: v for k, v in config.items() if k not in compatible_keys - own}
+        origin = config.pop("_class_name", cls.__name__)
+        if isinstance(origin, str):
+            if origin != cls.__name__:
+                source = getattr(sys.modules.get("diffusers"), origin, None)
+                if source is not None:
+                    foreign = set(inspect.signature(source.__init__).parameters) - expected
+                    config = {k: v for k, v in config.items() if k not in foreign}
+        elif not isinstance(origin, (list, tuple)):
+            raise ValueError(
+                "Make sure that the `_class_name` is of type string or list of string (for custom pipelines)."
+            )
+        config = {k: v for k, v in config.items() if not k.startswith("_") and k != "quantization_config"}
+        init: dict[str, Any] = {}
+        for key in cls._init_parameters():
+            if key not in expected:
+                continue
+            if key in kwargs:
+                config.pop(key, None)
+                init[key] = kwargs.pop(key)
+            elif key in config:
+                init[key] = config.pop(key)
+        if config:
+            logger.warning(
+                f"The config attributes {config} were passed to {cls.__name__}, but are not expected and will be "
+                f"ignored. Please verify your {cls.config_name} configuration file."
+            )
+        missing = expected - set(init)
+        if missing:
+            logger.info(f"{missing} was not found in config. Values will be initialized to default values.")
+        unused = {**config, **kwargs}
+        hidden = {k: v for k, v in original.items() if k not in init}
+        return init, unused, hidden
 
     @classmethod
     def from_config(
-        cls, config: dict[str, Any] | None = None, return_unused_kwargs: bool = False, **kwargs: Any
+        cls, config: Mapping[str, Any] | None = None, return_unused_kwargs: bool = False, **kwargs: Any
     ) -> Any:
-        """Build a scheduler from a config (ours, diffusers', or a plain dict); unknown keys are ignored."""
+        """Build a scheduler from a config (ours, diffusers', or a plain dict), as diffusers does.
+
+        Keyword arguments override the config; keys of other classes are kept in the new config
+        (so it loads back into them) and returned with ``return_unused_kwargs=True``.
+        """
+        if "pretrained_model_name_or_path" in kwargs:
+            config = kwargs.pop("pretrained_model_name_or_path")
         if config is None:
-            config = {}
-        if not isinstance(config, dict):
-            raise TypeError(f"config must be a dict or a scheduler config, got {type(config).__name__}")
-        init, unused = cls.extract_init_dict(config, **kwargs)
-        if unused:
-            logger.warning(
-                "The config attributes %s were passed to %s, but are not expected and will be ignored.",
-                sorted(unused),
-                cls.__name__,
+            raise ValueError("Please make sure to provide a config as the first positional argument.")
+        if isinstance(config, (str, os.PathLike)):
+            warnings.warn(
+                "It is deprecated to pass a pretrained model name or path to `from_config`. If you were trying to "
+                f"load a scheduler, please use {cls}.from_pretrained(...) instead. Otherwise, please make sure to "
+                "pass a configuration dictionary instead. This functionality will be removed in v1.0.0.",
+                FutureWarning,
+                stacklevel=2,
             )
+            config, kwargs = cls.load_config(config, return_unused_kwargs=True, **kwargs)
+        if not isinstance(config, Mapping):
+            raise TypeError(f"config must be a dict or a scheduler config, got {type(config).__name__}")
+        init, unused, hidden = cls.extract_init_dict(config, **kwargs)
+        if "dtype" in unused:
+            init["dtype"] = unused.pop("dtype")
+        for name in cls._deprecated_kwargs:
+            if name in unused:
+                init[name] = unused.pop(name)
         scheduler = cls(**init)
+        if "_class_name" in hidden:
+            hidden["_class_name"] = cls.__name__
+        scheduler.register_to_config(**hidden)
+        unused = {**unused, **hidden}
         if return_unused_kwargs:
             return scheduler, unused
         return scheduler
 
     @classmethod
-    def load_config(cls, pretrained_model_name_or_path: str | os.PathLike[str], subfolder: str | None = None) -> dict:
-        """Read ``scheduler_config.json`` from a local directory (or a path to the file itself)."""
+    def load_config(
+        cls,
+        pretrained_model_name_or_path: str | os.PathLike[str],
+        return_unused_kwargs: bool = False,
+        return_commit_hash: bool = False,
+        **kwargs: Any,
+    ) -> Any:
+        """Read ``scheduler_config.json`` from a local directory (or ``subfolder`` of it) or a file path.
+
+        As diffusers: a directory's ``subfolder`` is tried first, then the directory itself; the
+        download options are accepted and ignored; the remaining keyword arguments come back with
+        ``return_unused_kwargs`` (the commit hash is always ``None``: nothing is downloaded).
+        """
+        for name in HUB_KWARGS:
+            kwargs.pop(name, None)
+        subfolder = kwargs.pop("subfolder", None)
         path = os.fspath(pretrained_model_name_or_path)
-        if subfolder:
-            path = os.path.join(path, subfolder)
-        if os.path.isdir(path):
-            path = os.path.join(path, cls.config_name)
-        if not os.path.isfile(path):
-            raise OSError(f"no {cls.config_name} found at {path!r} (only local directories are supported)")
-        with open(path, encoding="utf-8") as handle:
-            return dict(json.load(handle))
+        if not isinstance(path, str):
+            raise TypeError(f"pretrained_model_name_or_path must be a path; got {type(path).__name__}")
+        if os.path.isfile(path):
+            config_file = path
+        elif os.path.isdir(path):
+            nested = os.path.join(path, subfolder, cls.config_name) if subfolder is not None else None
+            if nested is not None and os.path.isfile(nested):
+                config_file = nested
+            elif os.path.isfile(os.path.join(path, cls.config_name)):
+                config_file = os.path.join(path, cls.config_name)
+            else:
+                raise OSError(f"Error no file named {cls.config_name} found in directory {path}.")
+        else:
+            raise OSError(
+                f"{path!r} is not a local file or directory (kdpm2 reads configs from local paths only, "
+                "not from the Hugging Face Hub)"
+            )
+        config = _read_json_object(config_file)
+        outputs: tuple[Any, ...] = (config,)
+        if return_unused_kwargs:
+            outputs += (kwargs,)
+        if return_commit_hash:
+            outputs += (None,)
+        return outputs if len(outputs) > 1 else config
 
     @classmethod
     def from_pretrained(
-        cls, pretrained_model_name_or_path: str | os.PathLike[str], subfolder: str | None = None, **kwargs: Any
+        cls,
+        pretrained_model_name_or_path: str | os.PathLike[str],
+        subfolder: str | None = None,
+        return_unused_kwargs: bool = False,
+        **kwargs: Any,
     ) -> Any:
-        """Load a scheduler saved by ``save_pretrained`` here or in diffusers (local directories)."""
-        return cls.from_config(cls.load_config(pretrained_model_name_or_path, subfolder=subfolder), **kwargs)
+        """Load a scheduler saved by ``save_pretrained`` here or in diffusers (local paths)."""
+        config, kwargs, _ = cls.load_config(
+            pretrained_model_name_or_path,
+            subfolder=subfolder,
+            return_unused_kwargs=True,
+            return_commit_hash=True,
+            **kwargs,
+        )
+        return cls.from_config(config, return_unused_kwargs=return_unused_kwargs, **kwargs)
 
-    def to_json_string(self) -> str:
-        """The config as diffusers writes it: sorted keys, class name and format version."""
-        data = {k: _jsonable(v) for k, v in self.config.items() if not k.startswith("_")}
+    def _saved_dict(self) -> dict[str, Any]:
+        """What a saved file holds: the config with the class name and format version, minus unsaved keys."""
+        unset = set(self._unset_when_none)
+        data = {
+            k: _jsonable(v) for k, v in self.config.items() if k not in NOT_SAVED and not (k in unset and v is None)
+        }
         data["_class_name"] = type(self).__name__
         data["_diffusers_version"] = DIFFUSERS_FORMAT_VERSION
+        return data
+
+    def to_json_string(self) -> str:
+        """The config as diffusers writes it: sorted keys, class name and format version.
+
+        As in diffusers, serialising records ``_class_name`` and ``_diffusers_version`` in the
+        config itself, so a saved and reloaded scheduler has the same config as the saved one.
+        """
+        data = self._saved_dict()
+        self._internal_dict = FrozenDict(
+            {**self.config, "_class_name": data["_class_name"], "_diffusers_version": data["_diffusers_version"]}
+        )
         return json.dumps(data, indent=2, sort_keys=True) + "\n"
+
+    def to_json_file(self, json_file_path: str | os.PathLike[str]) -> None:
+        """Write :meth:`to_json_string` to ``json_file_path``."""
+        with open(json_file_path, "w", encoding="utf-8") as handle:
+            handle.write(self.to_json_string())
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__} {json.dumps(self._saved_dict(), indent=2, sort_keys=True)}\n"
 
     def save_config(self, save_directory: str | os.PathLike[str], push_to_hub: bool = False, **kwargs: Any) -> None:
         """Write ``scheduler_config.json`` into ``save_directory`` (created if needed)."""
@@ -156,10 +472,10 @@ class ConfigMixin:
             raise ValueError("push_to_hub is not supported: kdpm2 saves to local directories only")
         directory = os.fspath(save_directory)
         if os.path.isfile(directory):
-            raise ValueError(f"save_directory ({directory!r}) must be a directory, not a file")
+            raise NotADirectoryConfigError(f"Provided path ({directory}) should be a directory, not a file")
         os.makedirs(directory, exist_ok=True)
-        with open(os.path.join(directory, self.config_name), "w", encoding="utf-8") as handle:
-            handle.write(self.to_json_string())
+        self.to_json_file(os.path.join(directory, self.config_name))
+        logger.info(f"Configuration saved in {os.path.join(directory, self.config_name)}")
 
     def save_pretrained(self, save_directory: str | os.PathLike[str], push_to_hub: bool = False, **kwargs: Any) -> None:
         """Same as :meth:`save_config`, the name pipelines call."""

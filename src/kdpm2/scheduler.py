@@ -11,7 +11,6 @@ table, so one graph serves every call of an order instead of one graph per call.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, fields
 from typing import Any, ClassVar
 
 import numpy as np
@@ -19,6 +18,7 @@ import torch
 
 from kdpm2 import functional, lookup, presets, tables, validation
 from kdpm2.configuration import ConfigMixin
+from kdpm2.outputs import KDPM2DiscreteSchedulerOutput
 
 KARRAS_COMPATIBLES = (
     "DDIMScheduler",
@@ -43,34 +43,6 @@ FAMILY_FLAGS = ("use_karras_sigmas", "use_exponential_sigmas", "use_beta_sigmas"
 """The flags that replace the spaced sigmas by a family; at most one may be set."""
 
 
-@dataclass
-class KDPM2DiscreteSchedulerOutput:
-    """What ``step`` returns: the next sample and this call's denoised estimate.
-
-    Indexable like diffusers' ``BaseOutput`` (``out[0]``, ``out["prev_sample"]``, ``to_tuple()``).
-    """
-
-    prev_sample: torch.Tensor
-    pred_original_sample: torch.Tensor | None = None
-
-    def to_tuple(self) -> tuple[Any, ...]:
-        return tuple(getattr(self, f.name) for f in fields(self) if getattr(self, f.name) is not None)
-
-    def keys(self) -> list[str]:
-        return [f.name for f in fields(self) if getattr(self, f.name) is not None]
-
-    def __getitem__(self, key: int | slice | str) -> Any:
-        if isinstance(key, str):
-            return getattr(self, key)
-        return self.to_tuple()[key]
-
-    def __iter__(self) -> Any:
-        return iter(self.keys())
-
-    def __len__(self) -> int:
-        return len(self.keys())
-
-
 class KDPM2DiscreteScheduler(ConfigMixin):
     """DPM-Solver-2 (Karras et al. 2022, Algorithm 2) with diffusers' API, exact and sync-free.
 
@@ -92,6 +64,7 @@ class KDPM2DiscreteScheduler(ConfigMixin):
     """
 
     _compatibles: ClassVar[list[str]] = list(KARRAS_COMPATIBLES)
+    _unset_when_none = ("sigma_min", "sigma_max", "s_tmax")
     order = 2
 
     def __init__(

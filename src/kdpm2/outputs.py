@@ -1,0 +1,107 @@
+"""``step``'s return value: an ordered mapping that behaves like diffusers' ``BaseOutput``.
+
+Code written for diffusers handles its outputs as dataclasses (``out.prev_sample``), as tuples
+(``out[0]``, ``out.to_tuple()``) and as ordered dicts (``out["prev_sample"]``, ``keys()``,
+``items()``, iteration, ``out == {...}``). ``BaseOutput`` gives a dataclass all three faces, with
+diffusers' rules: fields that are ``None`` are left out of the mapping and the tuple, and the
+mapping refuses deletion and the bulk-mutating dict methods. It is registered as a torch pytree
+node, as diffusers registers its outputs (for ``DistributedDataParallel(static_graph=True)``).
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from dataclasses import dataclass, fields, is_dataclass
+from typing import Any
+
+import torch
+import torch.utils._pytree as pytree
+
+
+class BaseOutput(OrderedDict[str, Any]):
+    """An ordered mapping of a dataclass's non-``None`` fields, indexable by key, position or slice."""
+
+    def __init_subclass__(cls) -> None:
+        """Register each output class as a pytree node (its values are the leaves, its keys the context)."""
+        super().__init_subclass__()
+        pytree.register_pytree_node(
+            cls,
+            lambda out: (list(out.values()), list(out.keys())),
+            lambda values, keys: cls(**dict(zip(keys, values, strict=True))),
+            serialized_type_name=f"{cls.__module__}.{cls.__name__}",
+        )
+
+    def __post_init__(self) -> None:
+        """Fill the mapping from the fields, in declaration order, skipping those that are ``None``."""
+        names = type(self).__dict__.get("_field_names")
+        if names is None:  # once per class: ``fields()`` is slow, and this runs on every step
+            names = tuple(f.name for f in fields(self))  # type: ignore[arg-type]
+            type.__setattr__(type(self), "_field_names", names)
+        values = self.__dict__
+        for name in names:
+            value = values[name]
+            if value is not None:
+                OrderedDict.__setitem__(self, name, value)
+
+    def __getitem__(self, key: Any) -> Any:
+        """A string reads the mapping (``KeyError`` for a ``None`` field); anything else indexes ``to_tuple()``."""
+        if isinstance(key, str):
+            return OrderedDict.__getitem__(self, key)
+        return self.to_tuple()[key]
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        """Setting a field keeps the mapping in step (a ``None`` value leaves the mapping as it is)."""
+        if value is not None and OrderedDict.__contains__(self, name):
+            OrderedDict.__setitem__(self, name, value)
+        object.__setattr__(self, name, value)
+
+    def __setitem__(self, key: str, value: Any) -> None:
+        """Setting a key keeps the attribute in step."""
+        OrderedDict.__setitem__(self, key, value)
+        object.__setattr__(self, key, value)
+
+    def __delitem__(self, key: str) -> None:
+        raise TypeError(f"cannot delete {key!r} from a {type(self).__name__}")
+
+    def _refuse(self, method: str) -> Any:
+        raise TypeError(f"cannot use {method} on a {type(self).__name__}")
+
+    def pop(self, *args: Any, **kwargs: Any) -> Any:
+        return self._refuse("pop")
+
+    def popitem(self, *args: Any, **kwargs: Any) -> Any:
+        return self._refuse("popitem")
+
+    def setdefault(self, *args: Any, **kwargs: Any) -> Any:
+        return self._refuse("setdefault")
+
+    def update(self, *args: Any, **kwargs: Any) -> None:
+        self._refuse("update")
+
+    def clear(self) -> None:
+        self._refuse("clear")
+
+    def __reduce__(self) -> Any:
+        """Pickle and copy through the dataclass constructor, so the copy is built like the original."""
+        if not is_dataclass(self):
+            return super().__reduce__()
+        return type(self), tuple(getattr(self, field.name) for field in fields(self))
+
+    def to_tuple(self) -> tuple[Any, ...]:
+        """The non-``None`` fields in order (what ``step(..., return_dict=False)`` returns)."""
+        return tuple(self[k] for k in self.keys())
+
+
+@dataclass(init=False)
+class KDPM2DiscreteSchedulerOutput(BaseOutput):
+    """What ``step`` returns: the next sample and this call's denoised estimate."""
+
+    prev_sample: torch.Tensor
+    pred_original_sample: torch.Tensor | None = None
+
+    def __init__(self, prev_sample: torch.Tensor, pred_original_sample: torch.Tensor | None = None) -> None:
+        """The dataclass constructor, written out: ``step`` builds one per call, so it skips ``__setattr__``."""
+        self.__dict__.update(prev_sample=prev_sample, pred_original_sample=pred_original_sample)
+        OrderedDict.__setitem__(self, "prev_sample", prev_sample)
+        if pred_original_sample is not None:
+            OrderedDict.__setitem__(self, "pred_original_sample", pred_original_sample)
