@@ -135,6 +135,9 @@ def configure(name: str, config: Mapping[str, Any] | None, overrides: Mapping[st
                 "leave it out, or build the scheduler without a preset"
             )
         merged[key] = value
+    defaults = merged.get("_use_default_values")
+    if defaults is not None:  # what the preset or an override sets is given, not a default to drop
+        merged["_use_default_values"] = [k for k in defaults if k not in settings and k not in overrides]
     return merged
 
 
