@@ -1,4 +1,4 @@
-"""MkDocs hooks: MathJax only where there is math, and no reST roles showing as text.
+"""MkDocs hook: MathJax only where there is math.
 
 MathJax: ``pymdownx.arithmatex`` (generic mode) wraps math in ``class="arithmatex"``; only such pages get
 the two script tags, so the other pages fetch nothing from outside. The integrity hash is the
@@ -8,7 +8,6 @@ browser refuses the script if the CDN serves anything else.
 
 from __future__ import annotations
 
-import re
 from typing import Any
 
 MATHJAX = "https://cdn.jsdelivr.net/npm/mathjax@3.2.2/es5/tex-mml-chtml.js"
@@ -24,13 +23,7 @@ window.MathJax = {
 </script>"""
 TAGS = f'{CONFIG}\n<script src="{MATHJAX}" integrity="{INTEGRITY}" crossorigin="anonymous" defer></script>\n'
 
-ROLE = re.compile(r":(?:class|func|data|meth|attr|mod|obj|exc):(?=<code>)")
-"""A reST role left in a docstring (``:class:`Foo```), as Markdown renders it: the role's name
-in front of a code span. Docstrings are in Google style with Markdown; until every one is
-converted, the role's name is dropped and the code span kept."""
-
 
 def on_page_content(html: str, **kwargs: Any) -> str:
-    """Drop leftover reST role names; add MathJax's configuration and loader where there is math."""
-    html = ROLE.sub("", html)
+    """Add MathJax's configuration and loader to a page that has math."""
     return html + TAGS if 'class="arithmatex"' in html else html

@@ -1,22 +1,22 @@
-"""The conformance suite: every invariant, and equivalence to :class:`Reference`, as Hypothesis properties.
+"""The conformance suite: every invariant, and equivalence to ``Reference``, as Hypothesis properties.
 
 ``run(cls_or_adapter, profile="ci")`` checks a diffusers-style scheduler class and returns a
-:class:`Report`; ``python -m kdpm2_spec check MODULE:CLASS`` prints it. Each property:
+``Report``; ``python -m kdpm2_spec check MODULE:CLASS`` prints it. Each property:
 
-1. draws a case (a NamedTuple from :mod:`kdpm2_spec.strategies`) restricted to the constructor
+1. draws a case (a NamedTuple from ``kdpm2_spec.strategies``) restricted to the constructor
    arguments the class accepts;
 2. builds the class and the reference from the same arguments and drives both;
-3. compares them with :func:`check_same`, whose messages name the call.
+3. compares them with ``check_same``, whose messages name the call.
 
 A property that needs an argument or method the class lacks (custom ``sigmas``, churn, a dtype
 other than float64...) is reported ``unsupported`` rather than failed. A failure carries the
 shrunk case and a command that reproduces it.
 
 ``run(..., device="cuda", dtype="float16")`` drives the implementation with tensors there (see
-:mod:`kdpm2_spec.catalog` for which properties run in which dtype, and the tolerance floor of
+``kdpm2_spec.catalog`` for which properties run in which dtype, and the tolerance floor of
 each dtype); ``seed=N`` fixes Hypothesis' draws, ``database=DIR`` replays and saves examples
 (none by default, so a verdict depends only on the seed, the versions and the arguments);
-``expect={name: reason}`` marks known failures (see :mod:`kdpm2_spec.gate`).
+``expect={name: reason}`` marks known failures (see ``kdpm2_spec.gate``).
 """
 
 from __future__ import annotations
@@ -68,9 +68,9 @@ class Target:
 
     @classmethod
     def of(cls, cls_or_adapter: Any, device: str = "cpu", dtype: str = "float64") -> Target:
-        """A target for a class (torch unless it is :class:`Reference`) or a ready adapter.
+        """A target for a class (torch unless it is ``Reference``) or a ready adapter.
 
-        A class gets tensors on ``device`` in ``dtype``; :class:`Reference` works in NumPy float64.
+        A class gets tensors on ``device`` in ``dtype``; ``Reference`` works in NumPy float64.
         """
         if dtype not in catalog.DTYPE_NAMES:
             raise ValueError(f"dtype must be one of {', '.join(catalog.DTYPE_NAMES)}, got {dtype!r}")
@@ -184,7 +184,7 @@ def run_loop(
     """Sample with the reference and the implementation, feeding both the reference's model output.
 
     ``begin`` (full steps) starts mid-schedule from ``add_noise`` after ``set_begin_index``.
-    ``rtol`` is raised to the floor of the adapter's dtype (:data:`catalog.DTYPE_RTOL`).
+    ``rtol`` is raised to the floor of the adapter's dtype (``catalog.DTYPE_RTOL``).
     """
     rtol = max(rtol, catalog.DTYPE_RTOL.get(getattr(adapter, "dtype_name", "float64"), 0.0))
     ref, impl, text = _built(target, config, **timesteps_args)
@@ -626,7 +626,7 @@ def _first_line(error: BaseException) -> str:
 
 
 def derandomized(profile: str | None, default: bool = False) -> bool:
-    """Whether ``profile`` fixes the draws (``ci`` does), read from :data:`strategies.PROFILES`.
+    """Whether ``profile`` fixes the draws (``ci`` does), read from ``strategies.PROFILES``.
 
     Read there, not from the registered profile, which inherits whatever profile was loaded.
     """
@@ -660,7 +660,7 @@ def check_one(
     ``seed`` fixes the random draws (else the profile decides: ``ci`` is derandomized);
     ``database`` is a directory of saved examples (default: none, so nothing carries over; with
     one, draws are random unless ``seed`` is given, as Hypothesis requires).
-    A property that does not run in the target's dtype (:data:`catalog.DTYPES`) is ``unsupported``.
+    A property that does not run in the target's dtype (``catalog.DTYPES``) is ``unsupported``.
     """
     from hypothesis import Phase, example, given, settings
     from hypothesis import seed as fix_seed
@@ -721,7 +721,7 @@ def _failing_case(error: BaseException, failing: list[tuple[Any, BaseException]]
 def check_case(cls_or_adapter: Any, name: str, case: Any, device: str = "cpu", dtype: str = "float64") -> None:
     """Check one property on one case (a reproducer): raises what the property raises.
 
-    Raises :class:`Unsupported` when the property does not run in ``dtype``.
+    Raises ``Unsupported`` when the property does not run in ``dtype``.
     """
     target = Target.of(cls_or_adapter, device, dtype)
     if _dtype_name(target) not in catalog.dtypes_of(name):
@@ -746,7 +746,7 @@ def run(
     ``profile`` names a Hypothesis settings profile (``ci``, ``dev``, ``thorough``; default: the
     one ``$HYPOTHESIS_PROFILE`` names). ``echo`` receives the header and each report line as it
     is decided. ``device`` and ``dtype`` place a class's tensors (an adapter keeps its own);
-    ``seed`` and ``database`` as in :func:`check_one`; ``expect`` maps known failures to their reason.
+    ``seed`` and ``database`` as in ``check_one``; ``expect`` maps known failures to their reason.
     """
     name = ks.register_profiles(load=False)
     profile = profile or name

@@ -1,6 +1,6 @@
 """The invariants of a KDPM2 scheduler, one executable check each.
 
-Every check takes a scheduler on which ``set_timesteps`` has run (and an :class:`Adapter` for
+Every check takes a scheduler on which ``set_timesteps`` has run (and an ``Adapter`` for
 its arrays) and raises ``AssertionError`` with a message naming the broken relation. They hold
 for the reference model and for any correct implementation of diffusers' API.
 """
@@ -27,7 +27,7 @@ FLOAT32_RTOL = 1e-6
 
 
 def table_rtol(sched: Any) -> float:
-    """:data:`RTOL`, or :data:`FLOAT32_RTOL` when the scheduler keeps its public tables in float32."""
+    """``RTOL``, or ``FLOAT32_RTOL`` when the scheduler keeps its public tables in float32."""
     return FLOAT32_RTOL if str(getattr(sched.sigmas, "dtype", "float64")).endswith("float32") else RTOL
 
 
@@ -102,7 +102,7 @@ def check_timesteps_range(sched: Any, adapter: Adapter = NUMPY, num_train_timest
     do not. ``round_karras_timesteps=True`` is diffusers' schedule: it rounds the main Karras
     timesteps to integers and leaves the midpoints fractional. Rounding moves each main timestep
     by at most 0.5, so there a timestep may exceed the one before it, by less than
-    :data:`ROUNDING_RISE` (``[..., 1, 0.97, 1, 0.33, 0]`` at 50 steps; ``[0, 0.2475, 0]`` at the
+    ``ROUNDING_RISE`` (``[..., 1, 0.97, 1, 0.33, 0]`` at 50 steps; ``[0, 0.2475, 0]`` at the
     end of a 34-step schedule whose last main timestep rounds down to 0). That is the spec's
     statement of this option: rises below 0.5 are rounding, any other rise is a defect.
     """
@@ -191,7 +191,7 @@ def check_exact_denoiser(
     on ``x0 + s_(i+1) * noise`` after every full step and on ``x0`` after the last.
 
     This ties ``add_noise``, the tables, every prediction type and both orders of ``step``.
-    ``rtol`` defaults to :func:`table_rtol` (the sigmas read back are the public tables).
+    ``rtol`` defaults to ``table_rtol`` (the sigmas read back are the public tables).
     ``exact_tables`` (float64 ``sigmas`` and ``sigmas_interpol``, the reference's) make the denoiser
     exact for the true noise levels rather than for float32 public tables: a second-order call
     amplifies a relative error ``e`` of the denoiser's sigma by ``s_i / m_i`` (1800 from

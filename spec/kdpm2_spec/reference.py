@@ -64,7 +64,7 @@ def denoise(model_output: np.ndarray, sample: np.ndarray, sigma: float, predicti
 
 
 def model_output_for(x0: np.ndarray, sample: np.ndarray, sigma: float, prediction_type: str) -> np.ndarray:
-    """The model output that :func:`denoise` maps back to ``x0``: an exact model's prediction."""
+    """The model output that ``denoise`` maps back to ``x0``: an exact model's prediction."""
     if prediction_type == "epsilon":
         return (sample - x0) / sigma
     if prediction_type == "v_prediction":
@@ -310,7 +310,7 @@ class Reference:
         """``x0 + sigma * noise`` at each timestep's sigma (batch along the first axis).
 
         The sigma's index is ``begin_index`` before the first call, ``step_index`` after it, and
-        looked up with :meth:`index_for_timestep` when no begin index was set (training).
+        looked up with ``index_for_timestep`` when no begin index was set (training).
         """
         timesteps = np.atleast_1d(np.asarray(timesteps, dtype=np.float64))
         if self._begin_index is None:

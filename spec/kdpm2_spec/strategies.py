@@ -5,9 +5,9 @@ module-level name; values are capped so that tables stay well conditioned; paire
 back as NamedTuples whose ``repr`` is valid Python, so a failing case can be pasted into
 ``python -m kdpm2_spec check MODULE:CLASS --only NAME --case "..."``.
 
-:func:`configs` draws constructor arguments restricted to the names a class accepts (see
-:func:`supported_args`) and leaves each out about half the time, so defaults are tested too.
-Settings profiles ``ci``, ``dev`` and ``thorough`` are registered by :func:`register_profiles`.
+``configs`` draws constructor arguments restricted to the names a class accepts (see
+``supported_args``) and leaves each out about half the time, so defaults are tested too.
+Settings profiles ``ci``, ``dev`` and ``thorough`` are registered by ``register_profiles``.
 """
 
 from __future__ import annotations

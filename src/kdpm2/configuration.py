@@ -459,7 +459,7 @@ class ConfigMixin:
         return json.dumps(data, indent=2, sort_keys=True) + "\n"
 
     def to_json_file(self, json_file_path: str | os.PathLike[str]) -> None:
-        """Write :meth:`to_json_string` to ``json_file_path``."""
+        """Write ``to_json_string`` to ``json_file_path``."""
         with open(json_file_path, "w", encoding="utf-8") as handle:
             handle.write(self.to_json_string())
 
@@ -478,5 +478,5 @@ class ConfigMixin:
         logger.info(f"Configuration saved in {os.path.join(directory, self.config_name)}")
 
     def save_pretrained(self, save_directory: str | os.PathLike[str], push_to_hub: bool = False, **kwargs: Any) -> None:
-        """Same as :meth:`save_config`, the name pipelines call."""
+        """Same as ``save_config``, the name pipelines call."""
         self.save_config(save_directory, push_to_hub=push_to_hub, **kwargs)

@@ -3,7 +3,8 @@
 Every KDPM2 call is linear in its tensors. With ``a, b`` from the prediction type,
 ``x0 = a * sample + b * model_output``, and the update is
 
-    prev = c_stored * stored + c_sample * sample + c_model * model_output (+ c_noise * noise)
+    prev = c_stored * stored + c_sample * sample
+           + c_model * model_output (+ c_noise * noise)
 
 with float64 coefficients computed on the host from the schedule (no device sync). The combination
 is one fused kernel on CUDA (``kdpm2.triton_step``) and a few torch ops elsewhere; both compute

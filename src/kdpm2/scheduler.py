@@ -56,11 +56,11 @@ class KDPM2DiscreteScheduler(ConfigMixin):
     - ``round_karras_timesteps``: round the main Karras timesteps as diffusers does;
     - ``s_churn``, ``s_tmin``, ``s_tmax`` (``None`` is infinity), ``s_noise``: stochastic sampling;
     - ``preset``: reproduce a ComfyUI or AUTOMATIC1111 DPM2 sampler (``kdpm2.presets``; build it with
-      :meth:`from_preset`, which also sets the other arguments to the preset's).
+      ``from_preset``, which also sets the other arguments to the preset's).
 
     The valid domain (betas in (0, 1) with finite training sigmas, sigmas within
     ``validation.SIGMA_RANGE``, ``num_train_timesteps`` up to ``validation.MAX_TRAIN_TIMESTEPS``) is
-    described in :mod:`kdpm2.validation`; a call outside it raises and changes nothing.
+    described in ``kdpm2.validation``; a call outside it raises and changes nothing.
     """
 
     _compatibles: ClassVar[list[str]] = list(KARRAS_COMPATIBLES)
