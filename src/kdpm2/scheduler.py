@@ -46,17 +46,39 @@ FAMILY_FLAGS = ("use_karras_sigmas", "use_exponential_sigmas", "use_beta_sigmas"
 class KDPM2DiscreteScheduler(ConfigMixin):
     """DPM-Solver-2 (Karras et al. 2022, Algorithm 2) with diffusers' API, exact and sync-free.
 
-    Arguments are diffusers' (``num_train_timesteps`` .. ``steps_offset``) plus:
+    The arguments up to ``steps_offset`` are diffusers'; the others extend it.
 
-    - ``sigma_min`` / ``sigma_max``: bounds of the Karras, exponential and beta schedules
-      (default: the ends of the spaced schedule, as diffusers);
-    - ``sigma_interpolation``: ``"linear"`` (diffusers) or ``"log"`` (k-diffusion, A1111, ComfyUI);
-    - ``discard_penultimate_sigma``: build ``n + 1`` sigmas and drop the last non-zero (A1111, ComfyUI);
-    - ``quantize_timesteps``: give the model the nearest training timestep (ComfyUI);
-    - ``round_karras_timesteps``: round the main Karras timesteps as diffusers does;
-    - ``s_churn``, ``s_tmin``, ``s_tmax`` (``None`` is infinity), ``s_noise``: stochastic sampling;
-    - ``preset``: reproduce a ComfyUI or AUTOMATIC1111 DPM2 sampler (``kdpm2.presets``; build it with
-      ``from_preset``, which also sets the other arguments to the preset's).
+    Args:
+        num_train_timesteps: Length of the training schedule.
+        beta_start: First beta of the training schedule.
+        beta_end: Last beta of the training schedule.
+        beta_schedule: ``"linear"``, ``"scaled_linear"`` (SD 1.x/SDXL) or ``"squaredcos_cap_v2"``.
+        trained_betas: Explicit betas, ``num_train_timesteps`` values in (0, 1); replace the schedule.
+        use_karras_sigmas: Karras et al.'s rho = 7 sigmas between the bounds.
+        use_exponential_sigmas: Sigmas evenly spaced in log sigma between the bounds.
+        use_beta_sigmas: Sigmas at the quantiles of a Beta(0.6, 0.6) distribution (needs scipy).
+        prediction_type: What the model predicts: ``"epsilon"``, ``"v_prediction"`` or ``"sample"``.
+        timestep_spacing: ``"linspace"``, ``"leading"`` or ``"trailing"``, as diffusers.
+        steps_offset: Added to ``leading`` timesteps (SD 1.5 configs say 1).
+        sigma_min: Lower bound of the Karras, exponential and beta sigmas (default: the end of
+            the spaced schedule, as diffusers).
+        sigma_max: Upper bound of the same (default: the start of the spaced schedule).
+        sigma_interpolation: ``"linear"`` in sigma (diffusers) or ``"log"`` in log sigma
+            (k-diffusion, A1111, ComfyUI).
+        discard_penultimate_sigma: Build ``n + 1`` sigmas and drop the last non-zero one
+            (A1111, ComfyUI).
+        quantize_timesteps: Give the model the nearest training timestep (ComfyUI).
+        round_karras_timesteps: Round the main Karras timesteps, as diffusers does.
+        s_churn: Stochastic sampling: the churn of Karras et al. (0 is the deterministic ODE).
+        s_tmin: Churn only where sigma is at least this.
+        s_tmax: Churn only where sigma is at most this (``None``: no bound).
+        s_noise: Scale of the churn noise.
+        preset: A ComfyUI or AUTOMATIC1111 DPM2 sampler to reproduce (``kdpm2.presets.NAMES``);
+            build it with ``from_preset``, which also sets the other arguments to the preset's.
+
+    Raises:
+        ValueError: An argument outside its domain, named in the message.
+        TypeError: An argument of the wrong type, named in the message.
 
     The valid domain (betas in (0, 1) with finite training sigmas, sigmas within
     ``validation.SIGMA_RANGE``, ``num_train_timesteps`` up to ``validation.MAX_TRAIN_TIMESTEPS``) is
@@ -146,12 +168,21 @@ class KDPM2DiscreteScheduler(ConfigMixin):
 
     @classmethod
     def from_preset(cls, name: str, config: dict[str, Any] | None = None, **overrides: Any) -> KDPM2DiscreteScheduler:
-        """A scheduler that reproduces front-end sampler ``name`` (see ``kdpm2.presets.NAMES``).
+        """A scheduler that reproduces front-end sampler ``name``.
 
-        ``config`` (a loaded pipeline's ``scheduler.config``, say) gives the training schedule's size
-        and ends and the prediction type; the preset's settings replace its spacing and flags (its
-        ``steps_offset`` is kept and has no effect). ``overrides`` may set anything the preset leaves
-        open (``prediction_type``...).
+        Args:
+            name: A preset of ``kdpm2.presets.NAMES`` (``"comfyui/karras"``, ``"a1111/automatic"``...).
+            config: A loaded pipeline's ``scheduler.config``, say: gives the training schedule's
+                size and ends and the prediction type. The preset's settings replace its spacing
+                and flags (its ``steps_offset`` is kept and has no effect).
+            **overrides: Anything the preset leaves open (``prediction_type``...).
+
+        Returns:
+            The scheduler, with ``preset`` in its config.
+
+        Raises:
+            ValueError: An unknown preset, an override that contradicts it, or a config whose
+                training schedule is not LDM's (``scaled_linear``).
         """
         return cls.from_config(presets.configure(name, config, overrides))
 
@@ -205,9 +236,20 @@ class KDPM2DiscreteScheduler(ConfigMixin):
     ) -> None:
         """Build the per-call tables for ``num_inference_steps``, custom ``timesteps`` or custom ``sigmas``.
 
-        Custom ``sigmas`` include the final value (as k-diffusion's arrays); custom ``timesteps``
-        take the training sigma at each and a final 0 (as diffusers' ``EulerDiscreteScheduler``).
-        ``num_train_timesteps`` is accepted for diffusers' signature and must match the config.
+        Pass exactly one of ``num_inference_steps``, ``timesteps`` and ``sigmas``. A rejected call
+        changes nothing.
+
+        Args:
+            num_inference_steps: Number of steps (``2 n - 1`` model calls).
+            device: Where the public tables live (``"cuda"``...); must be available.
+            num_train_timesteps: Accepted for diffusers' signature; must match the config.
+            timesteps: Custom decreasing training timesteps; each takes the training sigma there,
+                and a final 0 follows (as diffusers' ``EulerDiscreteScheduler``).
+            sigmas: Custom decreasing sigmas, the final value included (as k-diffusion's arrays).
+
+        Raises:
+            ValueError: A bad count, schedule or device, named in the message.
+            TypeError: An argument of the wrong type, named in the message.
         """
         c = self.config
         given = [x is not None for x in (num_inference_steps, timesteps, sigmas)]
@@ -334,7 +376,11 @@ class KDPM2DiscreteScheduler(ConfigMixin):
         return self.sample is None
 
     def set_begin_index(self, begin_index: int = 0) -> None:
-        """Start the loop at call ``begin_index`` (pipelines: ``t_start * order``) instead of a lookup."""
+        """Start the loop at call ``begin_index`` (pipelines: ``t_start * order``) instead of a lookup.
+
+        Args:
+            begin_index: Index of the first call, from 0 to ``len(timesteps) - 1``.
+        """
         self._begin_index = validation.integer("begin_index", begin_index, 0, self._num_calls - 1)
 
     @property
@@ -380,7 +426,18 @@ class KDPM2DiscreteScheduler(ConfigMixin):
     # -- calls --------------------------------------------------------------------------------
 
     def scale_model_input(self, sample: torch.Tensor, timestep: float | torch.Tensor | None = None) -> torch.Tensor:
-        """The model input ``sample / sqrt(sigma^2 + 1)`` at this call's noise level."""
+        """The model input ``sample / sqrt(sigma^2 + 1)`` at this call's noise level.
+
+        Args:
+            sample: The current sample (a floating-point tensor, not modified).
+            timestep: This call's timestep; locates the first call when no begin index is set.
+
+        Returns:
+            The scaled sample, in ``sample``'s dtype.
+
+        Raises:
+            ValueError: The timestep is not in the schedule, or every call has run.
+        """
         validation.tensor("sample", sample)
         if self._step_counter is not None or torch.compiler.is_compiling():
             row = self._device_row(timestep)  # type: ignore[arg-type]
@@ -448,9 +505,24 @@ class KDPM2DiscreteScheduler(ConfigMixin):
     ) -> KDPM2DiscreteSchedulerOutput | tuple[torch.Tensor, torch.Tensor]:
         """Advance one model call: first order to the midpoint, or second order to the next sigma.
 
-        ``generator`` feeds the churn noise when ``s_churn > 0``. Inputs are never modified.
-        Under ``torch.compile`` (and in eager calls after a compiled one) the call's coefficients
-        come from the device call table; past the end of the schedule that lookup fails.
+        Inputs are never modified. Under ``torch.compile`` (and in eager calls after a compiled
+        one) the call's coefficients come from the device call table; past the end of the
+        schedule that lookup fails.
+
+        Args:
+            model_output: The model's prediction at this call (``prediction_type``).
+            timestep: This call's timestep; locates the first call when no begin index is set.
+            sample: The current sample, shaped like ``model_output``.
+            return_dict: Return a ``KDPM2DiscreteSchedulerOutput`` rather than a tuple.
+            generator: Feeds the churn noise when ``s_churn > 0``.
+
+        Returns:
+            ``prev_sample`` and ``pred_original_sample``, computed in at least float32 and
+            rounded once to the promoted dtype of ``sample`` and ``model_output``.
+
+        Raises:
+            ValueError: Mismatched shapes, a timestep not in the schedule, or every call has run.
+            TypeError: A non-tensor, a tensor torch cannot step, or a non-``Generator``.
         """
         validation.step_inputs(model_output, sample, generator, self.sample)
         if self._internal_dict is not self._calls_config:  # register_to_config since set_timesteps
@@ -493,10 +565,21 @@ class KDPM2DiscreteScheduler(ConfigMixin):
         return self._device_sigmas[key]
 
     def add_noise(self, original_samples: torch.Tensor, noise: torch.Tensor, timesteps: torch.Tensor) -> torch.Tensor:
-        """``original + sigma * noise`` at each timestep's sigma (one timestep per batch item, or one for all).
+        """``original + sigma * noise`` at each timestep's sigma.
 
         The sigma is the one at ``begin_index`` before the first call, at ``step_index`` after it, and
         looked up per timestep when no begin index was set (training).
+
+        Args:
+            original_samples: The clean samples (batch first).
+            noise: Unit Gaussian noise shaped like ``original_samples``.
+            timesteps: One timestep per batch item, or one for all.
+
+        Returns:
+            The noised samples.
+
+        Raises:
+            ValueError: A timestep not in the schedule, or no timesteps.
         """
         if isinstance(timesteps, (int, float, np.integer, np.floating)) and not isinstance(timesteps, bool):
             timesteps = torch.tensor([validation.real("timesteps", timesteps)])
