@@ -10,17 +10,8 @@ import sys
 import numpy as np
 import pytest
 
+from helpers_cli import run_cli
 from kdpm2 import KDPM2DiscreteScheduler, cli, demo
-
-
-def run_cli(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
-    """``kdpm2 argv...``: exit status, stdout and stderr (argparse's exits included)."""
-    try:
-        status = cli.main(list(argv))
-    except SystemExit as exit:
-        status = exit.code if isinstance(exit.code, int) else 1
-    out, err = capsys.readouterr()
-    return status, out, err
 
 
 def table_errors(out: str) -> tuple[list[int], list[float]]:

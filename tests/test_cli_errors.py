@@ -10,17 +10,8 @@ import sys
 import pytest
 import torch
 
+from helpers_cli import run_cli
 from kdpm2 import KDPM2DiscreteScheduler, cli, demo
-
-
-def run_cli(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
-    """``kdpm2 argv...`` in-process: exit status, stdout and stderr (argparse's exits included)."""
-    try:
-        status = cli.main(list(argv))
-    except SystemExit as exit:
-        status = exit.code if isinstance(exit.code, int) else 1
-    out, err = capsys.readouterr()
-    return status, out, err
 
 
 def assert_one_line_error(status: int, out: str, err: str, message: str, argv: tuple[str, ...]) -> None:
