@@ -179,8 +179,21 @@ class CallTables(NamedTuple):
     """``noise[k]``: a second-order call ``k`` draws churn noise (``s_churn > 0`` and a call follows)."""
     churn: bool
     """``s_churn > 0``: a second-order call counted on the device always draws noise (unused at the end)."""
-    plans: tuple[list[tuple[Sum | None, Sum | None]], list[tuple[Sum | None, Sum | None]]]
-    """``plan_step`` of each call and order, for the eager torch path."""
+    plans: tuple[dict[int, tuple[Sum | None, Sum | None]], dict[int, tuple[Sum | None, Sum | None]]]
+    """``plan_step`` of the calls planned so far, per order (filled by ``plan``)."""
+
+    def plan(self, order: int, k: int) -> tuple[Sum | None, Sum | None]:
+        """``plan_step`` of call ``k`` in ``order`` for the eager torch path, planned on first use.
+
+        Planning every call up front made ``set_timesteps(1000)`` (which the constructor runs)
+        spend most of its time on plans that a loop of a few steps never reads.
+        """
+        found = self.plans[order].get(k)
+        if found is None:
+            second = order == SECOND
+            found = plan_step(self.coefficients[order][k], second, second and self.noise[k])
+            self.plans[order][k] = found
+        return found
 
     def as_tensor(self) -> torch.Tensor:
         """``(2, num_calls, 7)`` float64: the six coefficients, then the scale, per order and call."""
@@ -220,11 +233,7 @@ def call_tables(
     )
     live = tuple(tuple(any(c[i] != 0.0 for c in cs) for i in range(6)) for cs in (first, second))
     noise = [s_churn > 0 and 0 < k < num_calls - 1 for k in range(num_calls)]
-    plans = (
-        [plan_step(c, False, False) for c in first],
-        [plan_step(c, True, n) for c, n in zip(second, noise, strict=True)],
-    )
-    return CallTables((first, second), scales, (live[0], live[1]), noise, s_churn > 0, plans)
+    return CallTables((first, second), scales, (live[0], live[1]), noise, s_churn > 0, ({}, {}))
 
 
 def compute_dtype(dtype: torch.dtype) -> torch.dtype:

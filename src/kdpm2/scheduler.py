@@ -550,7 +550,7 @@ class KDPM2DiscreteScheduler(ConfigMixin):
             self._step_counter.add_(1)
         else:
             order = 0 if first else 1
-            coefficients, plans = self._calls.coefficients[order][k], self._calls.plans[order][k]
+            coefficients, plans = self._calls.coefficients[order][k], self._calls.plan(order, k)
             prev_sample, x0 = _apply(coefficients, sample, model_output, stored, noise, plans)
             self._step_index = k + 1
         self.sample = sample if first else None
