@@ -200,13 +200,66 @@ def _records_config(init: Callable[..., None]) -> Callable[..., None]:
         if defaults:
             recorded["_use_default_values"] = defaults
         self._internal_dict = FrozenDict(recorded)
+        _expose_config(type(self), recorded)
 
     recording_init._records_config = True  # type: ignore[attr-defined]
     return recording_init
 
 
+class _ConfigAttribute:
+    """``scheduler.<key>``: a config key read as an attribute, deprecated as in diffusers (``FutureWarning``).
+
+    diffusers does this with ``__getattr__``; a class with ``__getattr__`` loses CPython's
+    attribute specialisation, so that every ``self.x`` on the hot path costs about three times as
+    much. One non-data descriptor per config key instead: an instance attribute of the same name
+    still wins, a class attribute (method, property) is never shadowed (``_expose_config``), and an
+    instance whose config lacks the key raises diffusers' ``AttributeError``.
+    """
+
+    __slots__ = ("name",)
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+
+    def __get__(self, instance: Any, owner: type | None = None) -> Any:
+        name = self.name
+        if instance is None:
+            raise AttributeError(f"type object '{getattr(owner, '__name__', '?')}' has no attribute '{name}'")
+        kind = type(instance).__name__
+        config = instance.__dict__.get("_internal_dict")
+        if config is not None and name in config:
+            warnings.warn(
+                f"Accessing config attribute `{name}` directly via '{kind}' object attribute is deprecated. "
+                f"Please access '{name}' over '{kind}'s config object instead, e.g. 'scheduler.config.{name}'.",
+                FutureWarning,
+                stacklevel=2,
+            )
+            return config[name]
+        raise AttributeError(f"'{kind}' object has no attribute '{name}'")
+
+
+def _expose_config(cls: type, keys: Any) -> None:
+    """Make each config key in ``keys`` readable as a (deprecated) attribute of ``cls``'s instances.
+
+    Names that ``cls`` or a base already defines (methods, properties, class attributes) keep their
+    meaning, as with diffusers' ``__getattr__``, which only runs when the normal lookup fails.
+    """
+    for name in keys:
+        if (
+            isinstance(name, str)
+            and name.isidentifier()
+            and not name.startswith("__")
+            and not any(name in k.__dict__ for k in cls.__mro__)
+        ):
+            setattr(cls, name, _ConfigAttribute(name))
+
+
 class ConfigMixin:
-    """Stores constructor arguments as a frozen config and (de)serialises it like diffusers."""
+    """Stores constructor arguments as a frozen config and (de)serialises it like diffusers.
+
+    It has no ``__getattr__`` (see ``_ConfigAttribute``): config keys read as attributes through
+    one descriptor per key, installed on the class when a config holding the key is recorded.
+    """
 
     config_name = CONFIG_NAME
     ignore_for_config: ClassVar[list[str]] = []
@@ -222,6 +275,7 @@ class ConfigMixin:
         init = cls.__dict__.get("__init__")
         if init is not None and not getattr(init, "_records_config", False):
             cls.__init__ = _records_config(init)  # type: ignore[method-assign]
+        _expose_config(cls, cls._init_parameters())
 
     def register_to_config(self, **kwargs: Any) -> None:
         """Add or replace config entries (diffusers pipelines call this to patch configs).
@@ -232,6 +286,7 @@ class ConfigMixin:
         kwargs.pop("kwargs", None)
         _string_keys(kwargs, "register_to_config")
         current = self.__dict__.get("_internal_dict")
+        _expose_config(type(self), kwargs)
         if current is None:
             self._internal_dict = FrozenDict(kwargs)
             return
@@ -247,20 +302,6 @@ class ConfigMixin:
     def config(self) -> FrozenDict:
         """The constructor arguments as a frozen dict with attribute access."""
         return self._internal_dict
-
-    def __getattr__(self, name: str) -> Any:
-        """Config keys also read as attributes, deprecated as in diffusers (``FutureWarning``)."""
-        config = self.__dict__.get("_internal_dict")
-        if config is not None and name in config:
-            kind = type(self).__name__
-            warnings.warn(
-                f"Accessing config attribute `{name}` directly via '{kind}' object attribute is deprecated. "
-                f"Please access '{name}' over '{kind}'s config object instead, e.g. 'scheduler.config.{name}'.",
-                FutureWarning,
-                stacklevel=2,
-            )
-            return config[name]
-        raise AttributeError(f"'{type(self).__name__}' object has no attribute '{name}'")
 
     @classmethod
     def _init_parameters(cls) -> dict[str, inspect.Parameter]:
@@ -456,6 +497,7 @@ class ConfigMixin:
         self._internal_dict = FrozenDict(
             {**self.config, "_class_name": data["_class_name"], "_diffusers_version": data["_diffusers_version"]}
         )
+        _expose_config(type(self), ("_class_name", "_diffusers_version"))
         return json.dumps(data, indent=2, sort_keys=True) + "\n"
 
     def to_json_file(self, json_file_path: str | os.PathLike[str]) -> None:

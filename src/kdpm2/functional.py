@@ -14,8 +14,10 @@ in at least float32 and round once to the sample's dtype.
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from typing import NamedTuple
 
+import numpy as np
 import torch
 
 PREDICTION_TYPES = ("epsilon", "v_prediction", "sample")
@@ -161,52 +163,146 @@ def apply_step(
 FIRST, SECOND = 0, 1
 """Row blocks of ``CallTables``: a call made in first order (no stored sample) or second order."""
 
+PREV_COLUMNS = (1, 2, 0, 3)
+"""The ``Coefficients`` field of each ``prev`` input (0 sample, 1 model output, 2 stored, 3 noise)."""
 
-class CallTables(NamedTuple):
+X0_COLUMNS = (4, 5)
+"""The ``Coefficients`` field of each ``pred_original_sample`` input (0 sample, 1 model output)."""
+
+
+def _structure(code: int) -> tuple[int, tuple[int, ...]] | None:
+    """``(first, rest)`` input indices of a sum code (``sum_codes``); ``None``: no live term."""
+    mask, first = code & 15, code >> 4 & 3
+    if not mask:
+        return None
+    return first, tuple(i for i in range(4) if mask >> i & 1 and i != first)
+
+
+SUM_STRUCTURES = tuple(_structure(code) for code in range(128))
+"""Every sum code's structure, so that a call reads its plan instead of building one."""
+
+
+def sum_codes(coefficients: np.ndarray) -> np.ndarray:
+    """``plan_sum``'s structure for many sums at once: ``coefficients[i, ...]`` multiplies input ``i``.
+
+    The code is the mask of non-zero coefficients, plus (shifted by 4) the input that starts the
+    sum: the first with coefficient 1, else the first non-zero one, as ``plan_sum`` chooses; bit 6
+    says that the starting coefficient is 1 (the sum needs no multiply).
+    """
+    live = coefficients != 0.0
+    unit = coefficients == 1.0
+    has_unit = unit.any(axis=0)
+    first = np.where(has_unit, unit.argmax(axis=0), live.argmax(axis=0))
+    weights = (1 << np.arange(len(coefficients))).reshape((-1,) + (1,) * (coefficients.ndim - 1))
+    return (live * weights).sum(axis=0) | (first << 4) | (has_unit << 6)
+
+
+def code_of(plan: Sum | None) -> int:
+    """The sum code of a plan (the inverse of ``SUM_STRUCTURES``), for tests and diagnostics."""
+    if plan is None:
+        return 0
+    mask = 1 << plan.first
+    for i, _ in plan.rest:
+        mask |= 1 << i
+    return mask | plan.first << 4 | (plan.scale == 1.0) << 6
+
+
+def run_coded(code: int, coefficients: tuple[float, ...], inputs: tuple[torch.Tensor | None, ...], like: torch.Tensor) -> torch.Tensor:
+    """``run_sum`` of the plan that a sum code describes, with ``coefficients`` by input index."""
+    structure = SUM_STRUCTURES[code]
+    if structure is None:
+        return run_sum(None, inputs, like)
+    first, rest = structure
+    return run_sum(Sum(first, coefficients[first], tuple((i, coefficients[i]) for i in rest)), inputs, like)
+
+
+_UNIT = 1 << 6
+TWO_TERMS = (3 | 0 << 4 | _UNIT) << 7 | (3 | 0 << 4 | _UNIT), (6 | 2 << 4 | _UNIT) << 7 | (3 | 0 << 4 | _UNIT)
+"""Per order, the call kind (``prev`` code << 7 | ``x0`` code) of the common step: two ``torch.add``.
+
+First order: ``prev = sample + c * model_output``; second order: ``prev = stored + c * model_output``;
+both: ``x0 = sample + b * model_output`` (epsilon prediction, no churn: every call but a few).
+"""
+
+
+class Lane(NamedTuple):
+    """What an eager call of one order reads, as flat lists indexed by the call (made on first use)."""
+
+    kinds: list[int]
+    """``prev`` sum code << 7 | ``x0`` sum code."""
+    model: list[float]
+    """``Coefficients.model``: the ``prev`` coefficient of the model output."""
+    x0_model: list[float]
+    """``Coefficients.x0_model``."""
+    scales: list[float]
+    """The model-input divisor ``sqrt(sigma^2 + 1)``."""
+
+
+class CallTables:
     """Every call's coefficients, computed once per schedule, for both orders a call can take.
 
-    ``coefficients[order][k]`` is call ``k``'s ``Coefficients`` in that order (second order
-    at ``k = 0`` cannot happen and is all zeros); ``scales[order][k]`` is the model-input divisor
-    ``sqrt(sigma^2 + 1)``; ``live[order]`` says which of the six coefficients are non-zero at some
-    call, so that a traced step leaves out the terms that are zero at every call. Computed once,
-    these spare each eager call its coefficient math and term planning.
+    ``table[order, k]`` holds call ``k``'s six ``Coefficients`` in that order (second order at
+    ``k = 0`` cannot happen and is all zeros), then the model-input divisor ``sqrt(sigma^2 + 1)``,
+    as float64. ``live[order]`` says which of the six coefficients are non-zero at some call, so
+    that a traced step leaves out the terms that are zero at every call. ``kinds`` holds each
+    call's sum codes (``sum_codes``): an eager call reads its plan from ``SUM_STRUCTURES`` instead
+    of building one. Nothing here is a per-call Python object: ``set_timesteps(1000)`` makes a few
+    arrays, and a loop turns the columns it reads into lists once (``lane``).
     """
 
-    coefficients: tuple[list[Coefficients], list[Coefficients]]
-    scales: tuple[list[float], list[float]]
-    live: tuple[tuple[bool, ...], tuple[bool, ...]]
-    noise: list[bool]
-    """``noise[k]``: a second-order call ``k`` draws churn noise (``s_churn > 0`` and a call follows)."""
-    churn: bool
-    """``s_churn > 0``: a second-order call counted on the device always draws noise (unused at the end)."""
-    plans: tuple[dict[int, tuple[Sum | None, Sum | None]], dict[int, tuple[Sum | None, Sum | None]]]
-    """``plan_step`` of the calls planned so far, per order (filled by ``plan``)."""
+    __slots__ = ("_lanes", "churn", "kinds", "live", "num_calls", "peak", "peaks", "table")
 
-    def plan(self, order: int, k: int) -> tuple[Sum | None, Sum | None]:
-        """``plan_step`` of call ``k`` in ``order`` for the eager torch path, planned on first use.
+    def __init__(self, table: np.ndarray, churn: bool, levels: np.ndarray | None = None) -> None:
+        self.table = table
+        self.num_calls = int(table.shape[1])
+        self.churn = churn
+        """``s_churn > 0``: a second-order call counted on the device always draws noise (unused at the end)."""
+        nonzero = (table[:, :, :6] != 0.0).any(axis=1).tolist()
+        self.live: tuple[tuple[bool, ...], tuple[bool, ...]] = (tuple(nonzero[0]), tuple(nonzero[1]))
+        prev = sum_codes(table[:, :, PREV_COLUMNS].transpose(2, 0, 1))
+        x0 = sum_codes(table[:, :, X0_COLUMNS].transpose(2, 0, 1))
+        self.kinds = prev << 7 | x0
+        self._lanes: list[Lane | None] = [None, None]
+        peaks = np.abs(table[:, :, :6]).max(axis=2)
+        self.peaks = peaks if levels is None else np.maximum(peaks, levels)
+        """Per order and call, the largest noise level or coefficient magnitude: what a dtype's range must hold."""
+        self.peak = float(self.peaks.max()) if self.num_calls else 0.0
 
-        Planning every call up front made ``set_timesteps(1000)`` (which the constructor runs)
-        spend most of its time on plans that a loop of a few steps never reads.
-        """
-        found = self.plans[order].get(k)
-        if found is None:
-            second = order == SECOND
-            found = plan_step(self.coefficients[order][k], second, second and self.noise[k])
-            self.plans[order][k] = found
-        return found
+    def noise(self, k: int) -> bool:
+        """A second-order call ``k`` draws churn noise: ``s_churn > 0`` and a call follows."""
+        return self.churn and 0 < k < self.num_calls - 1
+
+    def coefficients(self, order: int, k: int) -> Coefficients:
+        """Call ``k``'s coefficients in ``order``."""
+        return Coefficients(*self.table[order, k, :6].tolist())
+
+    def lane(self, order: int) -> Lane:
+        """The lists an eager call of ``order`` reads (made on the first call of that order)."""
+        lane = self._lanes[order]
+        if lane is None:
+            rows = self.table[order]
+            lane = Lane(self.kinds[order].tolist(), rows[:, 2].tolist(), rows[:, 5].tolist(), rows[:, 6].tolist())
+            self._lanes[order] = lane
+        return lane
+
+    def run(self, order: int, k: int, inputs: tuple[torch.Tensor | None, ...]) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(prev_sample, pred_original_sample)`` of call ``k`` with plain torch ops (``run_step``'s values)."""
+        row = self.table[order, k].tolist()
+        kind = int(self.kinds[order, k])
+        like = inputs[0]
+        assert like is not None
+        prev = run_coded(kind >> 7, tuple(row[c] for c in PREV_COLUMNS), inputs, like)
+        x0 = run_coded(kind & 127, (row[4], row[5]), inputs, like)
+        return prev, x0
 
     def as_tensor(self) -> torch.Tensor:
         """``(2, num_calls, 7)`` float64: the six coefficients, then the scale, per order and call."""
-        rows = [
-            [[*c, s] for c, s in zip(cs, ss, strict=True)]
-            for cs, ss in zip(self.coefficients, self.scales, strict=True)
-        ]
-        return torch.tensor(rows, dtype=torch.float64)
+        return torch.from_numpy(self.table)
 
 
 def call_tables(
-    sigmas: list[float],
-    sigmas_interpol: list[float],
+    sigmas: Sequence[float] | np.ndarray,
+    sigmas_interpol: Sequence[float] | np.ndarray,
     num_calls: int,
     prediction_type: str,
     s_churn: float = 0.0,
@@ -217,23 +313,50 @@ def call_tables(
     A first-order call ``k`` moves from ``sigmas[k]`` to ``sigmas_interpol[k + 1]``; a
     second-order call ``k`` moves the stored sample from ``sigmas[k - 1]`` to ``sigmas[k]`` with
     the slope at ``sigmas_interpol[k]``, plus churn noise lifting it to ``sigmas[k + 1]`` when
-    ``s_churn > 0`` and a call follows. These are the values ``step`` would compute per call.
+    ``s_churn > 0`` and a call follows. The values are ``first_order``'s and ``second_order``'s,
+    bit for bit: the same float64 operations in the same order, on arrays.
     """
-    zero = Coefficients(0.0, 0.0, 0.0, 0.0, 0.0, 0.0)
-    first = [first_order(sigmas[k], sigmas_interpol[k + 1], prediction_type) for k in range(num_calls)]
-    second = [zero]
-    for k in range(1, num_calls):
-        churn = 0.0
-        if s_churn > 0 and k + 1 < num_calls:
-            churn = s_noise * math.sqrt(max(sigmas[k + 1] ** 2 - sigmas[k] ** 2, 0.0))
-        second.append(second_order(sigmas[k - 1], sigmas_interpol[k], sigmas[k], prediction_type, churn))
-    scales = (
-        [math.sqrt(sigmas[k] * sigmas[k] + 1.0) for k in range(num_calls)],
-        [math.sqrt(sigmas_interpol[k] * sigmas_interpol[k] + 1.0) for k in range(num_calls)],
-    )
-    live = tuple(tuple(any(c[i] != 0.0 for c in cs) for i in range(6)) for cs in (first, second))
-    noise = [s_churn > 0 and 0 < k < num_calls - 1 for k in range(num_calls)]
-    return CallTables((first, second), scales, (live[0], live[1]), noise, s_churn > 0, ({}, {}))
+    s = np.asarray(sigmas, dtype=np.float64)
+    m = np.asarray(sigmas_interpol, dtype=np.float64)
+    n = num_calls
+    table = np.zeros((2, n, 7))
+    first, second = table[FIRST], table[SECOND]
+    sigma, mid = s[:n], m[1 : n + 1]
+    a, b = _denoiser_arrays(sigma, prediction_type)
+    r = (mid - sigma) / sigma
+    first[:, 1] = 1.0 + r * (1.0 - a)
+    first[:, 2] = -r * b
+    first[:, 4], first[:, 5] = a, b
+    first[:, 6] = np.sqrt(sigma * sigma + 1.0)
+    if n > 1:
+        start, mid2, end = s[: n - 1], m[1:n], s[1:n]
+        a2, b2 = _denoiser_arrays(mid2, prediction_type)
+        q = (end - start) / mid2
+        second[1:, 0] = 1.0
+        second[1:, 1] = q * (1.0 - a2)
+        second[1:, 2] = -q * b2
+        second[1:, 4], second[1:, 5] = a2, b2
+        if s_churn > 0:  # rare: the scalar formula keeps ``x ** 2`` (pow) exactly as ``second_order`` is fed
+            sv = s.tolist()
+            for k in range(1, n - 1):
+                second[k, 3] = s_noise * math.sqrt(max(sv[k + 1] ** 2 - sv[k] ** 2, 0.0))
+    second[:, 6] = np.sqrt(m[:n] * m[:n] + 1.0)
+    levels = np.zeros((2, n))  # the noise levels of each call's inputs and result
+    levels[FIRST] = np.maximum(sigma, mid)
+    if n > 1:
+        levels[SECOND, 1:] = np.maximum(np.maximum(start, mid2), end)
+    return CallTables(table, s_churn > 0, levels)
+
+
+def _denoiser_arrays(sigma: np.ndarray, prediction_type: str) -> tuple[np.ndarray | float, np.ndarray | float]:
+    """``denoiser_coefficients`` on an array of sigmas (the same operations)."""
+    if prediction_type == "epsilon":
+        return 1.0, -sigma
+    if prediction_type == "v_prediction":
+        return 1.0 / (sigma * sigma + 1.0), -sigma / np.sqrt(sigma * sigma + 1.0)
+    if prediction_type == "sample":
+        return 0.0, 1.0
+    raise ValueError(f"prediction_type must be one of {PREDICTION_TYPES}, got {prediction_type!r}")
 
 
 def compute_dtype(dtype: torch.dtype) -> torch.dtype:

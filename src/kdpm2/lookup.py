@@ -28,6 +28,21 @@ def first_or_second_index(values: list[float]) -> dict[float, int]:
     return index
 
 
+def step_start_index(values: list[float]) -> dict[float, int]:
+    """Map each value to its first even position (a step's first call), else to its first position.
+
+    The rule of a loop's first call given a plain timestep value (``KDPM2DiscreteScheduler``): a
+    value that repeats at the start (sigmas above the training range all map to the last training
+    timestep) starts the loop at call 0; one that a midpoint shares with the next step starts at
+    the step.
+    """
+    index = dict(zip(reversed(values), range(len(values) - 1, -1, -1), strict=True))
+    if len(index) < len(values):
+        evens = values[::2]
+        index.update(zip(reversed(evens), range(2 * (len(evens) - 1), -1, -2), strict=True))
+    return index
+
+
 def view_positions(view: Any, table: torch.Tensor) -> list[int] | None:
     """Positions in the 1-D ``table`` of the elements of a 0-D or 1-D view of it, else ``None``.
 
@@ -83,3 +98,11 @@ def device_indices(timesteps: torch.Tensor, table: torch.Tensor) -> tuple[torch.
     wanted = torch.where(matches > 1, 2, 1)
     indices = (equal & (equal.cumsum(dim=1) == wanted[:, None])).int().argmax(dim=1)
     return indices, matches > 0
+
+
+def device_step_start_indices(timesteps: torch.Tensor, table: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """``step_start_index``'s rule for a batch of timesteps, computed on their device: ``(indices, found)``."""
+    equal = timesteps.to(table.dtype)[:, None] == table[None, :]
+    even = torch.arange(table.shape[0], device=table.device) % 2 == 0
+    score = equal.int() * (2 + even.int())[None, :]  # an even match (3) beats any other match (2)
+    return score.argmax(dim=1), equal.any(dim=1)

@@ -11,6 +11,7 @@ table, so one graph serves every call of an order instead of one graph per call.
 from __future__ import annotations
 
 import math
+import struct
 from typing import Any, ClassVar
 
 import numpy as np
@@ -19,6 +20,7 @@ import torch
 from kdpm2 import functional, lookup, presets, tables, validation
 from kdpm2.configuration import ConfigMixin
 from kdpm2.outputs import KDPM2DiscreteSchedulerOutput
+from kdpm2.outputs import step_output as _output
 
 KARRAS_COMPATIBLES = (
     "DDIMScheduler",
@@ -41,6 +43,29 @@ KARRAS_COMPATIBLES = (
 
 FAMILY_FLAGS = ("use_karras_sigmas", "use_exponential_sigmas", "use_beta_sigmas")
 """The flags that replace the spaced sigmas by a family; at most one may be set."""
+
+_HALF_MARGIN = 16
+_HALF_LIMIT = 65504.0 / _HALF_MARGIN
+"""The largest sigma or coefficient of a float16 call: 65504 (float16's largest value) / 16.
+
+A sample at noise level sigma holds values up to about 5 sigma (a unit Gaussian exceeds 5 once in
+3.5 million draws), and a step adds a model output scaled by up to about sigma: beyond 65504 / 16
+a float16 result can be infinite. Such calls are refused, from host values, before any work.
+"""
+
+_HALF = torch.float16
+_UPCAST = frozenset((torch.float16, torch.bfloat16))
+_STEP_DTYPES = frozenset(validation.TENSOR_DTYPES)
+_TIMESTEP_DTYPES = frozenset(
+    (torch.uint8, torch.int8, torch.int16, torch.int32, torch.int64, *validation.TENSOR_DTYPES)
+)
+_STRIDED = torch.strided
+_TWO_TERMS_FIRST, _TWO_TERMS_SECOND = functional.TWO_TERMS
+_NO_ADDRESS = -(1 << 80)
+"""The table address of a meta table: no tensor's ``data_ptr()`` equals it (meta tensors all read 0)."""
+_MISUSE = "two loops on one scheduler, or a call made twice? Call set_timesteps again to start a new loop"
+_FLOAT32 = struct.Struct("f")
+_is_compiling = torch.compiler.is_compiling
 
 
 class KDPM2DiscreteScheduler(ConfigMixin):
@@ -188,9 +213,16 @@ class KDPM2DiscreteScheduler(ConfigMixin):
 
     @property
     def _log_sigmas64(self) -> torch.Tensor:
+        """float64 log training sigmas, computed again only when ``alphas_cumprod`` was replaced or changed."""
         if self.config.preset is not None:
             return presets.training_table(self.config.preset, self.config).log_sigmas.to(torch.float64)
-        return _log_sigmas(self.alphas_cumprod)
+        a = self.alphas_cumprod
+        cached = self.__dict__.get("_log_sigmas_cache")
+        if cached is not None and cached[0] is a and cached[1] == a._version:
+            return cached[2]  # type: ignore[no-any-return]
+        value = _log_sigmas(a)
+        self._log_sigmas_cache = (a, a._version, value)
+        return value
 
     def _family(self) -> str | None:
         c = self.config
@@ -308,16 +340,16 @@ class KDPM2DiscreteScheduler(ConfigMixin):
         device_timesteps = _to_device(built.timesteps, target, time_dtype)
         device_interpol = _to_device(built.sigmas_interpol, target, torch.float32)
         device_log_sigmas = _to_device(log_sigmas, target, torch.float32)
-        index_values = built.timesteps.to(time_dtype).tolist()
-        index_of = lookup.first_or_second_index(index_values)
+        # each call's timestep as a plain value is compared in the schedule's dtype (as diffusers compares)
+        host_times = built.timesteps.to(time_dtype).to(torch.float64).numpy()
 
         self.num_inference_steps = built.num_steps
-        self._host_sigmas = built.sigmas.tolist()
-        self._host_interpol = built.sigmas_interpol.tolist()
+        self._sigmas64 = built.sigmas.numpy()
+        self._interpol64 = built.sigmas_interpol.numpy()
+        self._host_sigmas = self._sigmas64.tolist()
+        self._host_interpol = self._interpol64.tolist()
         self.timesteps = device_timesteps
-        self._index_values = index_values
-        self._index_of = index_of
-        self._time_dtype = time_dtype
+        self._set_time_table(device_timesteps, host_times, time_dtype)
         self._build_calls()
         self._step_counter: torch.Tensor | None = None
         self.sigmas = built.sigmas.to(torch.float32)
@@ -328,13 +360,42 @@ class KDPM2DiscreteScheduler(ConfigMixin):
         self._step_index: int | None = None
         self._begin_index: int | None = None
 
+    def _set_time_table(self, table: torch.Tensor, host_times: np.ndarray, time_dtype: torch.dtype) -> None:
+        """Keep the timestep table and what locates a timestep in it without reading the device.
+
+        An element of ``table`` (what iterating ``scheduler.timesteps`` yields) is at the address
+        ``data_ptr() == base + k * itemsize``: comparing one integer checks it is call ``k``'s.
+        Meta tensors have no addresses (every one reads 0), so a meta table matches no address.
+        """
+        self._time_table = table
+        self._time_dtype = time_dtype
+        self._times = host_times
+        self._n_calls = len(host_times)
+        self._time_item = table.element_size()
+        self._time_base = _NO_ADDRESS if table.is_meta else table.data_ptr()
+        self._lookups: dict[str, dict[float, int]] = {}
+
+    def _lookup_table(self, rule: str) -> dict[float, int]:
+        """Value -> call of the schedule by ``rule`` (``"diffusers"`` or ``"step_start"``), made on first use."""
+        found = self._lookups.get(rule)
+        if found is None:
+            values = self._times.tolist()
+            found = lookup.first_or_second_index(values) if rule == "diffusers" else lookup.step_start_index(values)
+            self._lookups[rule] = found
+        return found
+
+    @property
+    def _index_values(self) -> list[float]:
+        """Each call's timestep as the schedule's dtype holds it (host floats)."""
+        return self._times.tolist()  # type: ignore[no-any-return]
+
     def _build_calls(self) -> None:
         """Every call's coefficients for the current config (again when a pipeline rewrote it)."""
         c = self.config
         self._calls = functional.call_tables(
-            self._host_sigmas, self._host_interpol, len(self._index_values), c.prediction_type, c.s_churn, c.s_noise
+            self._sigmas64, self._interpol64, self._n_calls, c.prediction_type, c.s_churn, c.s_noise
         )
-        self._call_table = _to_device(self._calls.as_tensor(), self.timesteps.device, torch.float64)
+        self._call_table = _to_device(self._calls.as_tensor(), self._time_table.device, torch.float64)
         self._calls_config = self._internal_dict
 
     @property
@@ -393,20 +454,42 @@ class KDPM2DiscreteScheduler(ConfigMixin):
         return [getattr(diffusers, name) for name in self._compatibles if hasattr(diffusers, name)]
 
     def index_for_timestep(self, timestep: float | torch.Tensor, schedule_timesteps: torch.Tensor | None = None) -> int:
-        """Position of ``timestep`` in the schedule: the first match, or the second if it repeats.
+        """Position of ``timestep`` in the schedule by diffusers' rule: the first match, or the second if it repeats.
 
-        A timestep taken from ``self.timesteps`` is located from its storage offset, without a
-        device sync; any other value is compared with the table. Raises ``ValueError`` if absent.
+        This is diffusers' public lookup, kept as diffusers defines it (``add_noise`` without a
+        begin index uses it too). The loop does not: its first call takes a view's own position,
+        or a plain value's first step start (see ``_first_call_index``). A timestep taken from
+        ``self.timesteps`` is located from its storage offset, without a device sync; any other
+        value is compared with the table. Raises ``ValueError`` if absent.
         """
         if schedule_timesteps is not None:
             validation.timestep_tensor("schedule_timesteps", schedule_timesteps, values=True)
             table = schedule_timesteps.detach().to("cpu").tolist()
             value = lookup.as_float(timestep, schedule_timesteps.dtype)
             return lookup.index_of_value(lookup.first_or_second_index(table), value, timestep)
-        positions = lookup.view_positions(timestep, self.timesteps)
+        index = self._lookup_table("diffusers")
+        positions = lookup.view_positions(timestep, self._time_table)
         if positions is not None and len(positions) == 1:
-            return self._index_of[self._index_values[positions[0]]]
-        return lookup.index_of_value(self._index_of, lookup.as_float(timestep, self._time_dtype), timestep)
+            return index[float(self._times[positions[0]])]
+        return lookup.index_of_value(index, lookup.as_float(timestep, self._time_dtype), timestep)
+
+    def _first_call_index(self, timestep: float | torch.Tensor) -> int:
+        """The first call's index when no begin index is set: where ``timestep`` says the loop is.
+
+        A view of ``scheduler.timesteps`` (what ``for t in scheduler.timesteps`` or a pipeline's
+        slice ``timesteps[t_start * order:]`` yields) is at its own position, read from its
+        storage offset: a loop visits every call in order even where timesteps repeat (sigmas
+        above the training range all map to the last training timestep). A plain value (a float,
+        a copy) that repeats is the first *step start* with that value (an even call, where a
+        first-order call belongs), else its first call: a loop from the start begins at call 0,
+        and an image-to-image start at a timestep that a midpoint shares begins at the step.
+        """
+        positions = lookup.view_positions(timestep, self._time_table)
+        if positions is not None and len(positions) == 1:
+            return positions[0]
+        return lookup.index_of_value(
+            self._lookup_table("step_start"), lookup.as_float(timestep, self._time_dtype), timestep
+        )
 
     def _init_step_index(self, timestep: float | torch.Tensor) -> None:
         self._step_index = self._call_index(timestep)
@@ -417,7 +500,7 @@ class KDPM2DiscreteScheduler(ConfigMixin):
             return self._step_index
         if self._begin_index is not None:
             return self._begin_index
-        return self.index_for_timestep(timestep)
+        return self._first_call_index(timestep)
 
     def _call_sigma(self, k: int) -> float:
         """The noise level of call ``k`` in the current order (what ``scale_model_input`` scales for)."""
@@ -430,39 +513,109 @@ class KDPM2DiscreteScheduler(ConfigMixin):
 
         Args:
             sample: The current sample (a floating-point tensor, not modified).
-            timestep: This call's timestep; locates the first call when no begin index is set.
+            timestep: This call's timestep; locates the first call when no begin index is set,
+                and is checked against the call after that (see ``step``).
 
         Returns:
             The scaled sample, in ``sample``'s dtype.
 
         Raises:
-            ValueError: The timestep is not in the schedule, or every call has run.
+            ValueError: The timestep is not in the schedule or not this call's, or every call has run.
         """
-        validation.tensor("sample", sample)
-        if self._step_counter is not None or torch.compiler.is_compiling():
+        if not (
+            isinstance(sample, torch.Tensor)
+            and sample.dtype in _STEP_DTYPES
+            and sample.layout is _STRIDED
+            and not sample.is_nested
+        ):
+            validation.tensor("sample", sample)
+        k = self._step_index
+        if k is None or self._step_counter is not None or _is_compiling():
+            return self._scale_first(sample, timestep)
+        if k >= self._n_calls:
+            raise ValueError(f"the schedule has {self._n_calls} calls and all have run; call set_timesteps again")
+        if timestep is not None and not (
+            isinstance(timestep, torch.Tensor) and timestep.data_ptr() == self._time_base + k * self._time_item
+        ):
+            self._check_timestep(timestep, k)
+        order = 0 if self.sample is None else 1
+        return sample / (self._calls.lane(order).scales[k])
+
+    def _scale_first(self, sample: torch.Tensor, timestep: float | torch.Tensor | None) -> torch.Tensor:
+        """``scale_model_input`` of a loop's first call, or on the device counter (after a compiled call)."""
+        if self._step_counter is not None or _is_compiling():
             row = self._device_row(timestep)  # type: ignore[arg-type]
             dtype = functional.compute_dtype(sample.dtype)
             return (sample.to(dtype) / row[6].to(device=sample.device, dtype=dtype)).to(sample.dtype)
         k = self._host_index(timestep, "the schedule has {} calls and all have run; call set_timesteps again")  # type: ignore[arg-type]
-        scaled = sample / self._calls.scales[0 if self.sample is None else 1][k]
+        scaled = sample / self._calls.lane(0 if self.sample is None else 1).scales[k]
         self._step_index = k  # assigned only once the call has succeeded
         return scaled
 
     @property
     def _num_calls(self) -> int:
-        return len(self._index_values)
+        return self._n_calls
 
     def _host_index(
         self, timestep: float | torch.Tensor, past_end: str = "step past the end of the schedule: all {} calls have run"
     ) -> int:
-        """This call's index on the host (found from ``timestep`` on the first call); raises past the end.
+        """This call's index on the host; raises past the end, or when ``timestep`` is not this call's.
 
-        Assigns nothing: a call that fails leaves the step index as it was.
+        The first call without a begin index is located by its timestep; every other call's
+        index is known, and its timestep is checked against it (``_check_timestep``). Assigns
+        nothing: a call that fails leaves the step index as it was.
         """
-        k = self._call_index(timestep)
-        if k >= self._num_calls:
-            raise ValueError(past_end.format(self._num_calls))
+        k = self._step_index
+        if k is None:
+            k = self._begin_index
+            if k is None:
+                return self._first_call_index(timestep)
+        if k >= self._n_calls:
+            raise ValueError(past_end.format(self._n_calls))
+        if timestep is not None:
+            self._check_timestep(timestep, k)
         return k
+
+    def _check_timestep(self, timestep: float | torch.Tensor, k: int) -> None:
+        """``timestep`` must be call ``k``'s, where telling costs no device sync; ``ValueError`` naming it.
+
+        A view of ``scheduler.timesteps`` must be element ``k`` (its position is read from its
+        storage offset); a Python number, a NumPy scalar or a CPU tensor must equal
+        ``timesteps[k]`` in the schedule's dtype (every element, for a tensor of several). A
+        tensor on another device that is not a view of the schedule, and any meta tensor, are not
+        checked: reading them would wait for the device. This catches two loops interleaved on
+        one scheduler and a call made twice.
+        """
+        if isinstance(timestep, torch.Tensor):
+            if timestep.is_meta or self._time_table.is_meta:
+                return
+            positions = lookup.view_positions(timestep, self._time_table)
+            if positions is not None:
+                wrong = [p for p in positions if p != k]
+                if wrong:
+                    raise ValueError(
+                        f"timestep is scheduler.timesteps[{wrong[0]}], but this is call {k} of {self._n_calls} "
+                        f"(scheduler.timesteps[{k}]): {_MISUSE}"
+                    )
+                return
+            if timestep.device.type != "cpu":
+                return
+            if timestep.numel() > 1:
+                values = [lookup.as_float(v, self._time_dtype) for v in timestep.detach().reshape(-1)]
+                if all(v == self._times[k] for v in values):
+                    return
+                value: float = next(v for v in values if v != self._times[k])
+            else:
+                value = lookup.as_float(timestep, self._time_dtype)
+        else:
+            value = _round_float32(timestep) if self._time_dtype is torch.float32 else None
+            if value is None:
+                value = lookup.as_float(timestep, self._time_dtype)
+        if value != self._times[k]:
+            raise ValueError(
+                f"timestep {validation.show(timestep)} is not this call's: the scheduler is at call {k} of "
+                f"{self._n_calls}, whose timestep is scheduler.timesteps[{k}] = {float(self._times[k])!r}: {_MISUSE}"
+            )
 
     def _device_row(self, timestep: float | torch.Tensor) -> torch.Tensor:
         """This call's row of the call table (7 values), indexed by the device step counter.
@@ -483,15 +636,17 @@ class KDPM2DiscreteScheduler(ConfigMixin):
         return self._call_table[order].index_select(0, self._step_counter.reshape(1))[0]
 
     def _traced_index(self, timestep: torch.Tensor) -> torch.Tensor:
-        """The first call's index found on the device (diffusers' rule), for a traced call without a begin index.
+        """The first call's index found on the device, for a traced call without a begin index.
 
-        A host lookup reads storage pointers, which ``torch.compile`` cannot trace; a timestep not
-        in the schedule fails the device assertion instead of a ``ValueError``.
+        A host lookup reads storage pointers, which ``torch.compile`` cannot trace, so the timestep
+        is taken as a plain value (``_first_call_index``'s rule: its first step start, else its
+        first call); a timestep not in the schedule fails the device assertion instead of a
+        ``ValueError``.
         """
-        table = self.timesteps
+        table = self._time_table
         if timestep.numel() != 1:
             raise ValueError(f"timestep must be a single value; got shape {tuple(timestep.shape)}")
-        indices, found = lookup.device_indices(timestep.reshape(1).to(table.device), table)
+        indices, found = lookup.device_step_start_indices(timestep.reshape(1).to(table.device), table)
         torch._assert_async(found.all(), "timestep is not in the schedule (see scheduler.timesteps)")
         return indices[0].to(device=self._call_table.device, dtype=torch.int64)
 
@@ -505,9 +660,13 @@ class KDPM2DiscreteScheduler(ConfigMixin):
     ) -> KDPM2DiscreteSchedulerOutput | tuple[torch.Tensor, torch.Tensor]:
         """Advance one model call: first order to the midpoint, or second order to the next sigma.
 
-        Inputs are never modified. Under ``torch.compile`` (and in eager calls after a compiled
-        one) the call's coefficients come from the device call table; past the end of the
-        schedule that lookup fails.
+        Inputs are never modified. The first call without a begin index is located by its
+        timestep; every later call checks that ``timestep`` is its own where that needs no device
+        sync (a view of ``scheduler.timesteps``, a number or a CPU tensor) and raises
+        ``ValueError`` otherwise. The last call keeps no reference to its inputs, so the autograd
+        graph of a loop is freed with its outputs. Under ``torch.compile`` (and in eager calls
+        after a compiled one) the call's coefficients come from the device call table; past the
+        end of the schedule that lookup fails, and timesteps are not checked.
 
         Args:
             model_output: The model's prediction at this call (``prediction_type``).
@@ -521,22 +680,118 @@ class KDPM2DiscreteScheduler(ConfigMixin):
             rounded once to the promoted dtype of ``sample`` and ``model_output``.
 
         Raises:
-            ValueError: Mismatched shapes, a timestep not in the schedule, or every call has run.
+            ValueError: Mismatched shapes, a timestep not in the schedule or not this call's,
+                every call has run, or a float16 call beyond float16's range.
             TypeError: A non-tensor, a tensor torch cannot step, or a non-``Generator``.
         """
-        validation.step_inputs(model_output, sample, generator, self.sample)
+        stored = self.sample
+        # validation.step_inputs, inline: it is called only to word the error
+        if not (
+            isinstance(model_output, torch.Tensor)
+            and isinstance(sample, torch.Tensor)
+            and model_output.dtype in _STEP_DTYPES
+            and sample.dtype in _STEP_DTYPES
+            and model_output.layout is _STRIDED
+            and sample.layout is _STRIDED
+            and not model_output.is_nested
+            and not sample.is_nested
+            and model_output.shape == sample.shape
+            and model_output.device == sample.device
+            and (stored is None or (stored.shape == sample.shape and stored.device == sample.device))
+            and (generator is None or isinstance(generator, torch.Generator))
+        ):
+            validation.step_inputs(model_output, sample, generator, stored)
         if self._internal_dict is not self._calls_config:  # register_to_config since set_timesteps
             self._build_calls()
-        on_device = self._step_counter is not None or torch.compiler.is_compiling()
+        k = self._step_index
+        if k is None or self._step_counter is not None or _is_compiling():
+            return self._step_first(model_output, timestep, sample, return_dict, generator)
+        n = self._n_calls
+        if k >= n:
+            raise ValueError(f"step past the end of the schedule: all {n} calls have run")
+        if not (isinstance(timestep, torch.Tensor) and timestep.data_ptr() == self._time_base + k * self._time_item):
+            self._check_timestep(timestep, k)
+        dtype = sample.dtype
+        if model_output.dtype is not dtype:
+            dtype = torch.promote_types(dtype, model_output.dtype)
+            sample, model_output = sample.to(dtype), model_output.to(dtype)
+        calls = self._calls
+        if dtype is _HALF and calls.peak > _HALF_LIMIT:
+            self._check_half(k)
+        if stored is None:
+            lane = calls.lane(0)
+            if lane.kinds[k] == _TWO_TERMS_FIRST and dtype not in _UPCAST and not sample.is_cuda:
+                prev_sample = torch.add(sample, model_output, alpha=lane.model[k])
+                x0 = torch.add(sample, model_output, alpha=lane.x0_model[k])
+            else:
+                prev_sample, x0 = self._apply(0, k, sample, model_output, None, None)
+            self.sample = sample if k + 1 < n else None  # the last call keeps nothing (autograd graph)
+        else:
+            if stored.dtype is not dtype:
+                stored = stored.to(dtype)
+            lane = calls.lane(1)
+            noise = _randn(sample, generator) if calls.churn and 0 < k < n - 1 else None
+            if noise is None and lane.kinds[k] == _TWO_TERMS_SECOND and dtype not in _UPCAST and not sample.is_cuda:
+                prev_sample = torch.add(stored, model_output, alpha=lane.model[k])
+                x0 = torch.add(sample, model_output, alpha=lane.x0_model[k])
+            else:
+                prev_sample, x0 = self._apply(1, k, sample, model_output, stored, noise)
+            self.sample = None
+        self._step_index = k + 1
+        if not return_dict:
+            return prev_sample, x0
+        return _output(prev_sample, x0)
+
+    def _apply(
+        self,
+        order: int,
+        k: int,
+        sample: torch.Tensor,
+        model_output: torch.Tensor,
+        stored: torch.Tensor | None,
+        noise: torch.Tensor | None,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Call ``k`` in ``order`` beyond the common two-term case: the fused CUDA kernel or ``run_step``'s sums."""
+        if sample.is_cuda:
+            return _apply(self._calls.coefficients(order, k), sample, model_output, stored, noise)
+        return self._calls.run(order, k, (sample, model_output, stored, noise))
+
+    def _check_half(self, k: int) -> None:
+        """A float16 call whose sigmas or coefficients exceed ``_HALF_LIMIT`` is refused (it would give inf).
+
+        Decided from host values: the call's noise levels and coefficients (``CallTables.peaks``).
+        """
+        order = 0 if self.sample is None else 1
+        peak = float(self._calls.peaks[order, k]) if k >= 0 else self._calls.peak
+        if peak > _HALF_LIMIT:
+            where = f"call {k}" if k >= 0 else "a call"
+            raise ValueError(
+                f"sample is float16, whose largest finite value is 65504, but {where} of this schedule works at "
+                f"{peak:.6g} (a sigma or a coefficient; at most 65504 / {_HALF_MARGIN} = {_HALF_LIMIT:g} keeps "
+                "Gaussian samples and model outputs finite): step in float32 or bfloat16, or use smaller sigmas"
+            )
+
+    def _step_first(
+        self,
+        model_output: torch.Tensor,
+        timestep: float | torch.Tensor,
+        sample: torch.Tensor,
+        return_dict: bool,
+        generator: torch.Generator | None,
+    ) -> KDPM2DiscreteSchedulerOutput | tuple[torch.Tensor, torch.Tensor]:
+        """``step`` for a loop's first call (its index is found or checked) and on the device counter."""
+        on_device = self._step_counter is not None or _is_compiling()
         k = -1 if on_device else self._host_index(timestep)  # the step index is assigned once the call succeeds
         first = self.sample is None
         dtype = sample.dtype
         if model_output.dtype != dtype:
             dtype = torch.promote_types(dtype, model_output.dtype)
             sample, model_output = sample.to(dtype), model_output.to(dtype)
+        if dtype is _HALF and self._calls.peak > _HALF_LIMIT:
+            self._check_half(k)
         noise = stored = None
         if not first:
-            if self._calls.churn if on_device else self._calls.noise[k]:
+            if self._calls.churn if on_device else self._calls.noise(k):
                 noise = _randn(sample, generator)
             stored = self.sample
             if stored is not None and stored.dtype != dtype:
@@ -548,27 +803,27 @@ class KDPM2DiscreteScheduler(ConfigMixin):
             )
             assert self._step_counter is not None
             self._step_counter.add_(1)
+            self.sample = sample if first else None
         else:
-            order = 0 if first else 1
-            coefficients, plans = self._calls.coefficients[order][k], self._calls.plan(order, k)
-            prev_sample, x0 = _apply(coefficients, sample, model_output, stored, noise, plans)
+            prev_sample, x0 = self._apply(0 if first else 1, k, sample, model_output, stored, noise)
             self._step_index = k + 1
-        self.sample = sample if first else None
+            self.sample = sample if first and k + 1 < self._n_calls else None
         if not return_dict:
             return prev_sample, x0
-        return KDPM2DiscreteSchedulerOutput(prev_sample=prev_sample, pred_original_sample=x0)
+        return _output(prev_sample, x0)
 
     def _sigmas_on(self, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
         key = (device, dtype)
         if key not in self._device_sigmas:
-            self._device_sigmas[key] = _to_device(torch.tensor(self._host_sigmas, dtype=torch.float64), device, dtype)
+            self._device_sigmas[key] = _to_device(torch.from_numpy(self._sigmas64), device, dtype)
         return self._device_sigmas[key]
 
     def add_noise(self, original_samples: torch.Tensor, noise: torch.Tensor, timesteps: torch.Tensor) -> torch.Tensor:
         """``original + sigma * noise`` at each timestep's sigma.
 
         The sigma is the one at ``begin_index`` before the first call, at ``step_index`` after it, and
-        looked up per timestep when no begin index was set (training).
+        looked up per timestep when no begin index was set (training), by diffusers' rule
+        (``index_for_timestep``).
 
         Args:
             original_samples: The clean samples (batch first).
@@ -579,42 +834,114 @@ class KDPM2DiscreteScheduler(ConfigMixin):
             The noised samples.
 
         Raises:
-            ValueError: A timestep not in the schedule, or no timesteps.
+            ValueError: A timestep not in the schedule, no timesteps, or float16 samples at a
+                sigma beyond float16's range.
         """
         if isinstance(timesteps, (int, float, np.integer, np.floating)) and not isinstance(timesteps, bool):
             timesteps = torch.tensor([validation.real("timesteps", timesteps)])
-        validation.add_noise_inputs(original_samples, noise, timesteps)
-        count = timesteps.numel()
+        # validation.add_noise_inputs, inline: it is called only to word the error
+        if not (
+            isinstance(original_samples, torch.Tensor)
+            and isinstance(noise, torch.Tensor)
+            and isinstance(timesteps, torch.Tensor)
+            and original_samples.dtype in _STEP_DTYPES
+            and noise.dtype in _STEP_DTYPES
+            and original_samples.layout is _STRIDED
+            and noise.layout is _STRIDED
+            and timesteps.layout is _STRIDED
+            and not original_samples.is_nested
+            and not noise.is_nested
+            and not timesteps.is_nested
+            and timesteps.dtype in _TIMESTEP_DTYPES
+            and original_samples.dim() >= 1
+            and timesteps.numel() in (1, original_samples.shape[0])
+            and noise.device == original_samples.device
+            and _broadcasts_to(noise.shape, original_samples.shape)
+        ):
+            validation.add_noise_inputs(original_samples, noise, timesteps)
+        dtype = original_samples.dtype
         if self._begin_index is None:
-            sigma = self._lookup_sigmas(timesteps.reshape(-1), original_samples)
+            sigma = self._lookup_sigmas(timesteps, original_samples)
         elif self._step_counter is not None:  # after a compiled call: gather at the device counter
+            if dtype is _HALF and self._calls.peak > _HALF_LIMIT:
+                self._check_half_noise(max(self._host_sigmas))
             counter = self._step_counter.to(original_samples.device).reshape(1)
-            sigma = self._sigmas_on(original_samples.device, original_samples.dtype).index_select(0, counter)
-            sigma = sigma.expand(count)
+            sigma = self._sigmas_on(original_samples.device, dtype).index_select(0, counter)
         else:
             index = self._step_index if self._step_index is not None else self._begin_index
             value = self._host_sigmas[index]
-            sigma = torch.full((count,), value, dtype=original_samples.dtype, device=original_samples.device)
+            if dtype is _HALF and value > _HALF_LIMIT:
+                self._check_half_noise(value)
+            return _noised(original_samples, noise, value)
+        if isinstance(sigma, float):
+            return _noised(original_samples, noise, sigma)
         sigma = sigma.reshape((-1,) + (1,) * (original_samples.dim() - 1))
         return original_samples + noise * sigma
 
-    def _lookup_sigmas(self, timesteps: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
-        """Per-timestep sigmas with diffusers' index rule; views of ``self.timesteps`` need no device read."""
-        positions = lookup.view_positions(timesteps, self.timesteps)
+    def _check_half_noise(self, sigma: float) -> None:
+        raise ValueError(
+            f"original_samples is float16, whose largest finite value is 65504, but the sigma is {sigma:.6g}: "
+            f"noise at more than 65504 / {_HALF_MARGIN} = {_HALF_LIMIT:g} overflows; use float32 or bfloat16"
+        )
+
+    def _lookup_sigmas(self, timesteps: torch.Tensor, like: torch.Tensor) -> torch.Tensor | float:
+        """Per-timestep sigmas with diffusers' index rule; views of ``self.timesteps`` need no device read.
+
+        A host ``float`` when every timestep is a view with the same sigma (one timestep for the batch).
+        """
+        positions = lookup.view_positions(timesteps, self._time_table)
         if positions is not None:
-            host = [self._host_sigmas[self._index_of[self._index_values[p]]] for p in positions]
+            index, times = self._lookup_table("diffusers"), self._times
+            host = [self._host_sigmas[index[float(times[p])]] for p in positions]
+            if like.dtype is _HALF and max(host) > _HALF_LIMIT:
+                self._check_half_noise(max(host))
+            if len(set(host)) == 1:
+                return host[0]
             return _to_device(torch.tensor(host, dtype=torch.float64), like.device, like.dtype)
         if timesteps.is_meta:
             raise TypeError("timesteps on the meta device have no values to look up; pass views of scheduler.timesteps")
-        table = _to_device(self.timesteps, timesteps.device, self.timesteps.dtype)
+        timesteps = timesteps.reshape(-1)
+        table = _to_device(self._time_table, timesteps.device, self._time_table.dtype)
         indices, found = lookup.device_indices(timesteps, table)
         if not bool(found.all()):  # one value check, only for timesteps not taken from the table
             missing = timesteps[~found].tolist()
             raise ValueError(f"timesteps {missing} are not in the schedule (see scheduler.timesteps)")
+        if like.dtype is _HALF and max(self._host_sigmas) > _HALF_LIMIT:
+            self._check_half_noise(max(self._host_sigmas))
         return self._sigmas_on(like.device, like.dtype)[_to_device(indices, like.device, indices.dtype)]
 
     def __len__(self) -> int:
         return int(self.config.num_train_timesteps)
+
+
+def _noised(original: torch.Tensor, noise: torch.Tensor, sigma: float) -> torch.Tensor:
+    """``original + noise * sigma`` with one host sigma: a Python number (no device tensor to build).
+
+    float16/bfloat16 multiply by the sigma rounded to their dtype, as a tensor of that dtype would
+    (a Python number would be kept in float32), so the result is bit for bit the tensor path's.
+    """
+    if original.dtype in _UPCAST:
+        return original + noise * torch.full((1,), sigma, dtype=original.dtype, device=original.device)
+    return original + noise * sigma
+
+
+def _round_float32(value: Any) -> float | None:
+    """A Python ``float``/``int`` rounded to float32 (as torch rounds it), or ``None`` for anything else."""
+    if type(value) is not float and type(value) is not int:
+        return None
+    try:
+        return _FLOAT32.unpack(_FLOAT32.pack(value))[0]  # type: ignore[no-any-return]
+    except (OverflowError, struct.error):
+        return None
+
+
+def _broadcasts_to(shape: torch.Size, target: torch.Size) -> bool:
+    """``torch.broadcast_shapes(target, shape) == target``, without that function's Python overhead."""
+    if shape == target:
+        return True
+    if len(shape) > len(target):
+        return False
+    return all(s == 1 or s == t for s, t in zip(reversed(shape), reversed(target), strict=False))
 
 
 def _log_sigmas(alphas_cumprod: torch.Tensor) -> torch.Tensor:
@@ -629,20 +956,14 @@ def _apply(
     model_output: torch.Tensor,
     stored: torch.Tensor | None,
     noise: torch.Tensor | None,
-    plans: tuple[functional.Sum | None, functional.Sum | None] | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """The fused CUDA kernel where it applies, else the plain torch combination.
-
-    ``plans`` (from the call table) spare the torch path its per-call planning of the sums.
-    """
+    """The fused CUDA kernel where it applies, else the plain torch combination."""
     if sample.is_cuda:
         from kdpm2 import triton_step
 
         if triton_step.supports(sample, model_output, stored, noise):
             return triton_step.apply_step(coefficients, sample, model_output, stored, noise)
-    if plans is None:
-        return functional.apply_step(coefficients, sample, model_output, stored, noise)
-    return functional.run_step(plans, sample, model_output, stored, noise)
+    return functional.apply_step(coefficients, sample, model_output, stored, noise)
 
 
 def _to_device(table: torch.Tensor, device: str | torch.device | None, dtype: torch.dtype) -> torch.Tensor:
