@@ -449,15 +449,17 @@ def test_leading_offset_at_full_step_count_repeats_the_top_sigma() -> None:
     invariants.check_timesteps_range(ref)
 
 
-def test_repeated_first_timestep_skips_calls_without_begin_index() -> None:
+def test_repeated_first_timestep_starts_a_plain_loop_at_call_0() -> None:
     """Levels above the training range all get timestep ``T - 1`` (here the churned ``sh_0`` and the
-    first midpoint); ``index_for_timestep`` then picks the second match (diffusers' image-to-image
-    rule), so a loop that does not ``set_begin_index(0)`` starts at call 1 and skips a call."""
+    first midpoint). ``index_for_timestep`` keeps diffusers' rule (the second match), but a loop's
+    first call takes the first step start holding the value, so a loop without ``set_begin_index``
+    starts at call 0 and skips nothing."""
     case = Case({"s_churn": 8.0}, Request(18))
     ref = case.build()
     assert ref.timesteps[0] == ref.timesteps[1] == 999, f"timesteps[:2]={ref.timesteps[:2]} [{case}]"
+    assert ref.index_for_timestep(ref.timesteps[0]) == 1, "diffusers' rule: the second match"
     ref.scale_model_input(np.ones(3), ref.timesteps[0])
-    assert ref.step_index == 1, f"step_index={ref.step_index}, the second match of timesteps[0] [{case}]"
+    assert ref.step_index == 0, f"step_index={ref.step_index}, the first step start [{case}]"
     ref = case.build()
     ref.set_begin_index(0)
     ref.scale_model_input(np.ones(3), ref.timesteps[0])

@@ -359,6 +359,7 @@ INVARIANTS = {
     "index_for_timestep": invariants.check_index_for_timestep,
     "scale_model_input": invariants.check_scale_model_input,
     "step_alternates": invariants.check_step_alternates,
+    "plain_loop": invariants.check_plain_loop,
 }
 """The spec invariants checked on a scheduler after ``set_timesteps``, one property each."""
 

@@ -264,3 +264,38 @@ def check_convergence_order(
     order = convergence_order(np.array(step_counts), np.array(errors))
     assert abs(order - 2) <= 0.25, f"convergence order {order:.3f} (errors {errors}) is not 2 +- 0.25"
     return order
+
+
+def check_plain_loop(sched: Any, adapter: Adapter = NUMPY, shape: tuple[int, ...] = (2, 3)) -> None:
+    """A plain loop over ``timesteps`` visits every call in order, with or without a begin index, and from mid-schedule.
+
+    Run on copies of ``sched``: ``for t in timesteps`` without a begin index and after
+    ``set_begin_index(0)``; and image to image as pipelines do it, ``set_begin_index(s)`` then a
+    loop over ``timesteps[s:]`` from a step start ``s`` half-way, also without the begin index
+    when ``timesteps[s]`` is unique. Call ``k`` must find ``step_index == k`` before ``step`` and
+    ``k + 1`` after, even where the first timesteps repeat (sigmas above the training range).
+    """
+    import copy
+
+    from kdpm2_spec.reference import Reference
+
+    calls = len(adapter.array(sched.timesteps))
+    values = adapter.array(sched.timesteps)
+    middle = 2 * (calls // 4)
+    runs: list[tuple[int, int | None]] = [(0, None), (0, 0)]
+    if middle > 0:
+        runs.append((middle, middle))
+        if np.count_nonzero(values == values[middle]) == 1:
+            runs.append((middle, None))
+    for start, begin in runs:
+        s = copy.deepcopy(sched)
+        if begin is not None:
+            s.set_begin_index(begin)
+        where = f"loop over timesteps[{start}:]" + ("" if begin is None else f" after set_begin_index({begin})")
+        sample = adapter.tensor(np.ones(shape))
+        for k, t in enumerate(s.timesteps[start:], start):
+            s.scale_model_input(sample, t)
+            assert s.step_index == k, f"call {k} of {calls}: step_index={s.step_index} [{where}]"
+            extra = {"noise": np.zeros(shape)} if isinstance(s, Reference) else {}
+            sample = s.step(adapter.tensor(np.zeros(shape)), t, sample, **extra).prev_sample
+            assert s.step_index == k + 1, f"after call {k}: step_index={s.step_index}, should be {k + 1} [{where}]"

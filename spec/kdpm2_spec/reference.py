@@ -252,10 +252,28 @@ class Reference:
             raise ValueError(f"timestep {timestep} is not in the schedule")
         return int(matches[1] if len(matches) > 1 else matches[0])
 
+    def first_call_index(self, timestep: float) -> int:
+        """Where a loop without a begin index starts: the first *step start* matching ``timestep``.
+
+        A loop's first call is a first-order call, and those sit at even positions. So the first
+        call is the first even position holding ``timestep``, else its first position: a plain
+        loop ``for t in timesteps`` starts at call 0 even when the first timesteps repeat (sigmas
+        above the training range all map to timestep ``T - 1``), and an image-to-image start at a
+        timestep that the previous midpoint shares starts at its step. (An implementation that
+        receives an element of its own ``timesteps`` tensor may take that element's position.)
+        ``index_for_timestep`` keeps diffusers' rule (second match), which made such loops skip
+        their first call. Raises ``ValueError`` when the timestep is absent.
+        """
+        matches = np.flatnonzero(self.timesteps == timestep)
+        if len(matches) == 0:
+            raise ValueError(f"timestep {timestep} is not in the schedule")
+        even = matches[matches % 2 == 0]
+        return int(even[0] if len(even) else matches[0])
+
     def _init_step_index(self, timestep: float) -> None:
         if self._step_index is None:
             begin = self._begin_index
-            self._step_index = self.index_for_timestep(timestep) if begin is None else begin
+            self._step_index = self.first_call_index(timestep) if begin is None else begin
 
     @property
     def current_sigma(self) -> float:

@@ -357,6 +357,7 @@ class KDPM2DiscreteScheduler(ConfigMixin):
         self.log_sigmas = device_log_sigmas
         self._device_sigmas: dict[tuple[torch.device, torch.dtype], torch.Tensor] = {}
         self.sample: torch.Tensor | None = None
+        self._ended_first = False
         self._step_index: int | None = None
         self._begin_index: int | None = None
 
@@ -433,8 +434,12 @@ class KDPM2DiscreteScheduler(ConfigMixin):
 
     @property
     def state_in_first_order(self) -> bool:
-        """True when the next ``step`` is a first-order call (no sample stored)."""
-        return self.sample is None
+        """True when the next ``step`` is a first-order call (no sample stored).
+
+        After a loop that ended with a first-order call (an Euler step to 0) it is False, as in
+        diffusers, although that call released its sample (``step``).
+        """
+        return self.sample is None and not self._ended_first
 
     def set_begin_index(self, begin_index: int = 0) -> None:
         """Start the loop at call ``begin_index`` (pipelines: ``t_start * order``) instead of a lookup.
@@ -561,18 +566,17 @@ class KDPM2DiscreteScheduler(ConfigMixin):
     ) -> int:
         """This call's index on the host; raises past the end, or when ``timestep`` is not this call's.
 
-        The first call without a begin index is located by its timestep; every other call's
-        index is known, and its timestep is checked against it (``_check_timestep``). Assigns
-        nothing: a call that fails leaves the step index as it was.
+        The loop's first call takes the begin index, or is located by its timestep; every later
+        call's index is known, and its timestep is checked against it (``_check_timestep``).
+        Assigns nothing: a call that fails leaves the step index as it was.
         """
         k = self._step_index
-        if k is None:
-            k = self._begin_index
-            if k is None:
-                return self._first_call_index(timestep)
+        if k is None:  # the loop's first call: its index is the begin index (as diffusers, the timestep
+            k = self._begin_index  # is not read then) or where its timestep is
+            return self._first_call_index(timestep) if k is None else k
         if k >= self._n_calls:
             raise ValueError(past_end.format(self._n_calls))
-        if timestep is not None:
+        if timestep is not None and not _is_compiling():  # a traced call reads no addresses
             self._check_timestep(timestep, k)
         return k
 
@@ -626,8 +630,10 @@ class KDPM2DiscreteScheduler(ConfigMixin):
         graph of a call can be replayed for every call of that order.
         """
         if self._step_counter is None:
-            traced_lookup = self._step_index is None and self._begin_index is None and torch.compiler.is_compiling()
-            if traced_lookup and isinstance(timestep, torch.Tensor):
+            traced_lookup = self._step_index is None and self._begin_index is None and _is_compiling()
+            if traced_lookup:
+                if not isinstance(timestep, torch.Tensor):  # a number: compared on the device too
+                    timestep = torch.tensor([float(timestep)], dtype=torch.float64)
                 self._step_counter = self._traced_index(timestep)
             else:
                 k = self._host_index(timestep)
@@ -725,7 +731,10 @@ class KDPM2DiscreteScheduler(ConfigMixin):
                 x0 = torch.add(sample, model_output, alpha=lane.x0_model[k])
             else:
                 prev_sample, x0 = self._apply(0, k, sample, model_output, None, None)
-            self.sample = sample if k + 1 < n else None  # the last call keeps nothing (autograd graph)
+            if k + 1 < n:
+                self.sample = sample
+            else:  # the last call keeps nothing: its sample would hold the loop's autograd graph
+                self._ended_first = True
         else:
             if stored.dtype is not dtype:
                 stored = stored.to(dtype)
@@ -808,6 +817,7 @@ class KDPM2DiscreteScheduler(ConfigMixin):
             prev_sample, x0 = self._apply(0 if first else 1, k, sample, model_output, stored, noise)
             self._step_index = k + 1
             self.sample = sample if first and k + 1 < self._n_calls else None
+            self._ended_first = first and k + 1 == self._n_calls
         if not return_dict:
             return prev_sample, x0
         return _output(prev_sample, x0)
@@ -912,6 +922,13 @@ class KDPM2DiscreteScheduler(ConfigMixin):
 
     def __len__(self) -> int:
         return int(self.config.num_train_timesteps)
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        """Unpickled or deep-copied: the timestep table has a new address (``_set_time_table``)."""
+        self.__dict__.update(state)
+        table = state.get("_time_table")
+        if table is not None:
+            self._time_base = _NO_ADDRESS if table.is_meta else table.data_ptr()
 
 
 def _noised(original: torch.Tensor, noise: torch.Tensor, sigma: float) -> torch.Tensor:
