@@ -50,6 +50,10 @@ CASES = [
     ((*DEMO, "--device", "meta"), "device must hold values; got 'meta'"),
     ((*DEMO, "--device", "mps"), "device 'mps' is not available"),
     ((*DEMO, "--device", "nonsense"), "unknown device 'nonsense'"),
+    # kdpm2 demo: bounded work (a billion points asked for 16 GB and died in the allocator)
+    (("demo", "--points", "1000000000", "--no-compare"), "--points: must be at most 1,000,000, got 1000000000"),
+    (("demo", "--steps", "1000000000", "--no-compare"), "--steps: must be at most 10,000, got 1000000000"),
+    (("demo", "--steps", "2", "99999999999999999999999", "--no-compare"), "--steps: must be at most 10,000"),
     # kdpm2 schedule: values outside the domain
     (("schedule", "--steps", "3", "--beta-start", "1e39"), "beta_start must be less than 1.0; got 1e+39"),
     (("schedule", "--steps", "3", "--beta-end", "0.2"), "give training sigmas outside"),
@@ -121,3 +125,31 @@ def test_dash_m_kdpm2_error_has_no_traceback():
     )
     assert done.returncode == 2 and done.stdout == ""
     assert done.stderr.count("\n") == 1 and "larger than" in done.stderr, done.stderr
+
+
+def test_a_closed_pipe_ends_quietly() -> None:
+    """``kdpm2 schedule ... | head``: no BrokenPipeError traceback, exit status 141 (128 + SIGPIPE).
+
+    The output (over 100 kB) outgrows the pipe's buffer, so the reader's close is always seen.
+    """
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
+    for argv in (["schedule", "--steps", "1000"], ["schedule", "--steps", "1000", "--json"]):
+        process = subprocess.Popen(
+            [sys.executable, "-m", "kdpm2", *argv], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE
+        )
+        assert process.stdout is not None and process.stderr is not None
+        assert process.stdout.read(10)  # like head: read a little, then go away
+        process.stdout.close()
+        err = process.stderr.read().decode()
+        assert process.wait(timeout=120) == cli.BROKEN_PIPE, err
+        assert err == "", f"kdpm2 {' '.join(argv)} | head wrote {err!r}"
+
+
+def test_version(capsys) -> None:
+    """``kdpm2 --version`` prints the package version and exits 0."""
+    import kdpm2
+
+    with pytest.raises(SystemExit) as done:
+        cli.main(["--version"])
+    assert done.value.code == 0
+    assert capsys.readouterr().out.strip() == f"kdpm2 {kdpm2.__version__}"

@@ -31,6 +31,12 @@ CHOICES = {
 MAX_FILE_BYTES = 8 * 1024 * 1024
 """Largest ``--trained-betas`` file read (100000 betas, the most a schedule may have, take about 2.5 MB)."""
 
+MAX_DEMO_POINTS = 1_000_000
+"""Largest ``kdpm2 demo --points``: the reference solve keeps a few (points, 8, 2) float64 arrays (about 0.5 GB)."""
+
+MAX_DEMO_STEPS = 10_000
+"""Largest ``kdpm2 demo --steps`` value: 19,999 model calls per sampler, already minutes of work."""
+
 
 class Parser(argparse.ArgumentParser):
     """argparse with one-line errors: ``PROG: error: MESSAGE (see PROG --help)``, exit status 2."""
@@ -39,20 +45,39 @@ class Parser(argparse.ArgumentParser):
         self.exit(2, f"{self.prog}: error: {' '.join(message.split())} (see {self.prog} --help)\n")
 
 
-def _count(text: str, low: int = 1) -> int:
-    """An integer of at least ``low``."""
+def _count(text: str, low: int = 1, high: int | None = None) -> int:
+    """An integer of at least ``low`` (and at most ``high``)."""
     try:
         value = int(text)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {validation.show(text)}") from None
     if value < low:
         raise argparse.ArgumentTypeError(f"must be at least {low}, got {value}")
+    if high is not None and value > high:
+        raise argparse.ArgumentTypeError(f"must be at most {high:,}, got {validation.show(value)}")
     return value
 
 
 def _demo_steps(text: str) -> int:
-    """A demo step count: at least 2, so that the last non-zero sigma is sigma_min."""
-    return _count(text, 2)
+    """A demo step count: at least 2, so that the last non-zero sigma is sigma_min; at most ``MAX_DEMO_STEPS``."""
+    return _count(text, 2, MAX_DEMO_STEPS)
+
+
+def _demo_points(text: str) -> int:
+    """A demo sample count, at most ``MAX_DEMO_POINTS`` (a billion would ask for 16 GB before failing)."""
+    return _count(text, 1, MAX_DEMO_POINTS)
+
+
+def _version() -> str:
+    """The installed distribution's version, else the package's own."""
+    from importlib import metadata
+
+    import kdpm2
+
+    try:
+        return metadata.version("kdpm2")
+    except metadata.PackageNotFoundError:
+        return kdpm2.__version__
 
 
 def _floats(text: str) -> list[float]:
@@ -131,6 +156,7 @@ def add_scheduler_options(parser: argparse.ArgumentParser) -> None:
 def build_parser() -> argparse.ArgumentParser:
     """The ``kdpm2`` argument parser with its ``demo`` and ``schedule`` commands."""
     parser = Parser(prog="kdpm2", description="The KDPM2 (DPM-Solver-2) diffusion scheduler.")
+    parser.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     demo = commands.add_parser(
@@ -141,11 +167,20 @@ def build_parser() -> argparse.ArgumentParser:
         "k-diffusion's sample_dpm_2 and diffusers' scheduler when they are installed; write kdpm2-demo.png.",
     )
     demo.add_argument(
-        "--steps", type=_demo_steps, nargs="+", metavar="N", help="step counts, at least 2 (default: 8 .. 128)"
+        "--steps",
+        type=_demo_steps,
+        nargs="+",
+        metavar="N",
+        help=f"step counts, from 2 to {MAX_DEMO_STEPS:,} (default: 8 .. 128)",
     )
     demo.add_argument("--out", metavar="DIR", default=".", help="directory for kdpm2-demo.png (default: %(default)s)")
     demo.add_argument("--no-plot", action="store_true", help="do not write the figure")
-    demo.add_argument("--points", type=_count, default=2000, help="number of samples (default: %(default)s)")
+    demo.add_argument(
+        "--points",
+        type=_demo_points,
+        default=2000,
+        help=f"number of samples, at most {MAX_DEMO_POINTS:,} (default: %(default)s)",
+    )
     demo.add_argument("--seed", type=int, default=0, help="seed of the initial noise (default: %(default)s)")
     demo.add_argument("--device", help="torch device (default: cuda if available, else cpu)")
     demo.add_argument("--no-compare", action="store_true", help="skip k-diffusion and diffusers")
@@ -165,17 +200,37 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+BROKEN_PIPE = 141
+"""Exit status when the reader of standard output went away (``kdpm2 schedule ... | head``): 128 + SIGPIPE."""
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Parse the arguments and run the chosen command; returns the exit status."""
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
-        if args.command == "demo":
-            return run_demo(args)
-        return run_schedule(args)
+        status = run_demo(args) if args.command == "demo" else run_schedule(args)
+        sys.stdout.flush()  # here, not at exit: a reader that went away is handled below
+        return status
     except (ValueError, TypeError, ImportError) as error:
         print(f"kdpm2: error: {' '.join(str(error).split())}", file=sys.stderr)
         return 2
+    except BrokenPipeError:
+        _silence_stdout()
+        return BROKEN_PIPE
+
+
+def _silence_stdout() -> None:
+    """Point standard output at /dev/null, so that the interpreter's final flush cannot fail again.
+
+    A closed pipe is the reader's choice (``| head``), not an error worth a traceback: Python's
+    documentation recommends exactly this (``signal`` module, "Note on SIGPIPE").
+    """
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+    except (OSError, ValueError, AttributeError):  # no file descriptor (a captured or replaced stdout)
+        pass
 
 
 def run_demo(args: argparse.Namespace) -> int:
