@@ -2,9 +2,11 @@
 
 Ours and diffusers run scale_model_input, the model and step per call, with ``set_begin_index(0)``
 as pipelines do (set in the untimed setup together with ``set_timesteps``); k-diffusion's
-``sample_dpm_2`` runs on the same main sigmas with a one-op denoiser. On CUDA a second group
-replays the loop captured in one CUDA graph (diffusers captured the same way where it can be,
-else run eagerly; ``mode`` in extra_info says which).
+``sample_dpm_2`` runs on the same main sigmas with a one-op denoiser. ``loop+set_timesteps``
+times the same loop with ``set_timesteps(25)`` inside the round, as a pipeline pays it, against
+``floor``: the loop's bare torch ops (per call one division and two adds, and the model). On
+CUDA a second group replays the loop captured in one CUDA graph (diffusers captured the same way
+where it can be, else run eagerly; ``mode`` in extra_info says which).
 """
 
 from __future__ import annotations
@@ -55,6 +57,37 @@ def test_loop(bench, device, impl) -> None:
         b.pedantic(lambda: sample_dpm_2(lambda y, sigma: model(y), x, sigmas, disable=True), rounds=20, warmup_rounds=2)
         return
     b.pedantic(scheduler_loop, setup=prepared(impl, device), rounds=30, warmup_rounds=2)
+
+
+def full_loop(impl: str, device: str):
+    """A round: ``set_timesteps(25)``, ``set_begin_index(0)`` and the loop (``floor``: its bare torch ops)."""
+    x0 = torch.randn(SHAPE, generator=torch.Generator(device=device).manual_seed(0), device=device)
+    if impl == "floor":
+
+        def floor():
+            x = x0 * 14.6
+            for _ in range(2 * STEPS - 1):
+                m = model(x.div(3.0))
+                torch.add(x, m, alpha=-0.5)
+                x = torch.add(x, m, alpha=-1.5)
+            return x
+
+        return floor
+    s = make_scheduler(impl)
+
+    def run():
+        s.set_timesteps(STEPS, device=device)
+        s.set_begin_index(0)
+        return scheduler_loop(s, x0 * s.init_noise_sigma)
+
+    return run
+
+
+@pytest.mark.parametrize("impl", [*IMPLS, "floor"])
+@pytest.mark.parametrize("device", DEVICES)
+def test_loop_with_set_timesteps(bench, device, impl) -> None:
+    b = bench(f"loop+set_timesteps {device} {STEPS} steps 1x4x64x64", impl, device, steps=STEPS, calls_per_round=1)
+    b(full_loop(impl, device))
 
 
 def captured_loop(impl: str):

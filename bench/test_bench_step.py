@@ -1,9 +1,15 @@
 """One ``step`` call: ours against diffusers per prediction type, dtype and latent shape.
 
-A round is one first-order and one second-order call from the middle of a 25-step schedule
-(``calls_per_round = 2`` in extra_info); diffusers supports no ``prediction_type="sample"``, so
-that type has no baseline and is not timed here. On CUDA the 16x16x128x128 float32 case also
-reports bandwidth: bytes moved per call over time, against a measured ``copy_`` bandwidth.
+``test_step``: a round is one first-order and one second-order call from the middle of a 25-step
+schedule (``calls_per_round = 2`` in extra_info); diffusers supports no
+``prediction_type="sample"``, so that type has no baseline and is not timed here. On CUDA the
+16x16x128x128 float32 case also reports bandwidth: bytes moved per call over time, against a
+measured ``copy_`` bandwidth.
+
+``test_step_in_a_loop``: a round is a real 25-step loop of ``step`` calls (49 calls, every call
+index once, as a pipeline makes them; ``set_timesteps`` and ``set_begin_index`` run in the
+untimed setup), so per-call work done on first use is timed too. ``floor`` is the two
+``torch.add`` a call cannot do without, on the same tensors.
 """
 
 from __future__ import annotations
@@ -65,6 +71,58 @@ def test_step(bench, device, prediction_type, dtype, shape, impl) -> None:
         calls_per_round=2,
     )
     b(run)
+
+
+LOOP_STEPS = 25
+
+
+def step_loop(impl: str, device: str, shape, prediction_type: str = "epsilon"):
+    """``(run, setup)`` for ``benchmark.pedantic``: a loop of ``step`` calls over a fresh 25-step schedule."""
+    g = torch.Generator(device=device).manual_seed(0)
+    x0 = torch.randn(shape, generator=g, device=device)
+    e = torch.randn(shape, generator=g, device=device)
+    if impl == "floor":
+
+        def floor(x):
+            for _ in range(2 * LOOP_STEPS - 1):
+                torch.add(x, e, alpha=-0.5)
+                x = torch.add(x, e, alpha=-1.5)
+            return x
+
+        return floor, lambda: ((x0,), {})
+    s = make_scheduler(impl, prediction_type=prediction_type)
+
+    def setup():
+        s.set_timesteps(LOOP_STEPS, device=device)
+        s.set_begin_index(0)
+        return (x0,), {}
+
+    def loop(x):
+        for t in s.timesteps:
+            x = s.step(e, t, x).prev_sample
+        return x
+
+    return loop, setup
+
+
+@pytest.mark.parametrize("impl", [*IMPLS, "floor"])
+@pytest.mark.parametrize("prediction_type", PREDICTION_TYPES)
+@pytest.mark.parametrize("device", DEVICES)
+def test_step_in_a_loop(bench, device, prediction_type, impl) -> None:
+    if impl == "floor" and prediction_type != "epsilon":
+        pytest.skip("one floor: the two adds of an epsilon call")
+    shape = (1, 4, 64, 64)
+    run, setup = step_loop(impl, device, shape, prediction_type)
+    b = bench(
+        f"step-loop {device} {prediction_type} float32 {label(shape)}",
+        impl,
+        device,
+        dtype="float32",
+        shape=label(shape),
+        prediction_type=prediction_type,
+        calls_per_round=2 * LOOP_STEPS - 1,
+    )
+    b.pedantic(run, setup=setup, rounds=40, warmup_rounds=3)
 
 
 def copy_bandwidth(n: int, dtype: torch.dtype, repeats: int = 50) -> float:

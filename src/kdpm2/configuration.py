@@ -78,6 +78,12 @@ class FrozenDict(OrderedDict[str, Any]):
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
+        # keys are also instance attributes, as diffusers sets them: ``config.name`` is then a plain
+        # attribute read (``__getattr__`` runs only for a missing name); method names stay methods
+        attributes = self.__dict__
+        for key, value in self.items():
+            if isinstance(key, str) and not hasattr(FrozenDict, key):
+                attributes[key] = value
         self.__frozen = True
 
     def __getattr__(self, name: str) -> Any:

@@ -250,23 +250,52 @@ class CallTables:
     arrays, and a loop turns the columns it reads into lists once (``lane``).
     """
 
-    __slots__ = ("_lanes", "churn", "kinds", "live", "num_calls", "peak", "peaks", "table")
+    __slots__ = ("_kinds", "_levels", "_live", "_peak", "_peaks", "churn", "lanes", "num_calls", "table")
 
     def __init__(self, table: np.ndarray, churn: bool, levels: np.ndarray | None = None) -> None:
         self.table = table
         self.num_calls = int(table.shape[1])
         self.churn = churn
         """``s_churn > 0``: a second-order call counted on the device always draws noise (unused at the end)."""
-        nonzero = (table[:, :, :6] != 0.0).any(axis=1).tolist()
-        self.live: tuple[tuple[bool, ...], tuple[bool, ...]] = (tuple(nonzero[0]), tuple(nonzero[1]))
-        prev = sum_codes(table[:, :, PREV_COLUMNS].transpose(2, 0, 1))
-        x0 = sum_codes(table[:, :, X0_COLUMNS].transpose(2, 0, 1))
-        self.kinds = prev << 7 | x0
-        self._lanes: list[Lane | None] = [None, None]
-        peaks = np.abs(table[:, :, :6]).max(axis=2)
-        self.peaks = peaks if levels is None else np.maximum(peaks, levels)
+        self.lanes: list[Lane | None] = [None, None]
+        """``lane(order)`` once made (``step`` reads ``lanes[order] or lane(order)``)."""
+        self._levels = levels
+        self._kinds: np.ndarray | None = None
+        self._live: tuple[tuple[bool, ...], tuple[bool, ...]] | None = None
+        self._peaks: np.ndarray | None = None
+        self._peak: float | None = None
+
+    @property
+    def kinds(self) -> np.ndarray:
+        """``(2, num_calls)`` call kinds: the ``prev`` sum code << 7 | the ``x0`` sum code (``sum_codes``)."""
+        if self._kinds is None:
+            table = self.table
+            prev = sum_codes(table[:, :, PREV_COLUMNS].transpose(2, 0, 1))
+            self._kinds = prev << 7 | sum_codes(table[:, :, X0_COLUMNS].transpose(2, 0, 1))
+        return self._kinds
+
+    @property
+    def live(self) -> tuple[tuple[bool, ...], tuple[bool, ...]]:
+        """Per order, which of the six coefficients are non-zero at some call (a traced step's terms)."""
+        if self._live is None:
+            nonzero = (self.table[:, :, :6] != 0.0).any(axis=1).tolist()
+            self._live = (tuple(nonzero[0]), tuple(nonzero[1]))
+        return self._live
+
+    @property
+    def peaks(self) -> np.ndarray:
         """Per order and call, the largest noise level or coefficient magnitude: what a dtype's range must hold."""
-        self.peak = float(self.peaks.max()) if self.num_calls else 0.0
+        if self._peaks is None:
+            peaks = np.abs(self.table[:, :, :6]).max(axis=2)
+            self._peaks = peaks if self._levels is None else np.maximum(peaks, self._levels)
+        return self._peaks
+
+    @property
+    def peak(self) -> float:
+        """The largest of ``peaks``."""
+        if self._peak is None:
+            self._peak = float(self.peaks.max()) if self.num_calls else 0.0
+        return self._peak
 
     def noise(self, k: int) -> bool:
         """A second-order call ``k`` draws churn noise: ``s_churn > 0`` and a call follows."""
@@ -278,11 +307,11 @@ class CallTables:
 
     def lane(self, order: int) -> Lane:
         """The lists an eager call of ``order`` reads (made on the first call of that order)."""
-        lane = self._lanes[order]
+        lane = self.lanes[order]
         if lane is None:
             rows = self.table[order]
             lane = Lane(self.kinds[order].tolist(), rows[:, 2].tolist(), rows[:, 5].tolist(), rows[:, 6].tolist())
-            self._lanes[order] = lane
+            self.lanes[order] = lane
         return lane
 
     def run(self, order: int, k: int, inputs: tuple[torch.Tensor | None, ...]) -> tuple[torch.Tensor, torch.Tensor]:

@@ -278,7 +278,8 @@ def training_sigmas(log_sigmas: torch.Tensor, source: str, betas: torch.Tensor |
 def finite_tables(**named: torch.Tensor) -> None:
     """Every table built by ``set_timesteps`` must be finite (the last line of defence, before assigning)."""
     for name, table in named.items():
-        if not bool(torch.isfinite(table).all()):
+        finite = np.isfinite(table.numpy()).all() if table.is_cpu else bool(torch.isfinite(table).all())
+        if not finite:
             raise ValueError(f"set_timesteps would build a non-finite {name} table; the configuration is out of range")
 
 
