@@ -13,7 +13,8 @@ fixed.
 
 Each operation is timed as a region of ``rounds`` runs, minus a region of the same rounds of its
 setup alone where it has one: the ``step`` figure is a real 25-step loop (every call index once,
-as pipelines call it) minus the loop's ``set_timesteps`` and ``set_begin_index``, over 49 calls.
+as pipelines call it) minus the loop's ``set_timesteps``, ``set_begin_index`` and the views of
+``timesteps`` it iterates over, over 49 calls.
 Needs valgrind (``apt-get install valgrind``), its ``valgrind/callgrind.h`` and a C compiler;
 takes 5-15 minutes.
 """
@@ -134,14 +135,14 @@ def build_step(impl: str) -> tuple[Callable[[], Any], Callable[[], Any] | None]:
         return floor_loop, None
     s = scheduler(impl)
 
-    def setup() -> None:
+    def setup() -> list[Any]:
         s.set_timesteps(STEPS)
         s.set_begin_index(0)
+        return list(s.timesteps)  # the views a loop over s.timesteps yields (made in both regions)
 
     def loop() -> None:
-        setup()
         x = x0
-        for t in s.timesteps:
+        for t in setup():
             x = s.step(m, t, x).prev_sample
 
     return loop, setup

@@ -228,8 +228,8 @@ both: ``x0 = sample + b * model_output`` (epsilon prediction, no churn: every ca
 class Lane(NamedTuple):
     """What an eager call of one order reads, as flat lists indexed by the call (made on first use)."""
 
-    kinds: list[int]
-    """``prev`` sum code << 7 | ``x0`` sum code."""
+    two_terms: list[bool]
+    """The call is the common one: ``prev`` and ``x0`` are each one ``torch.add`` (``TWO_TERMS``)."""
     model: list[float]
     """``Coefficients.model``: the ``prev`` coefficient of the model output."""
     x0_model: list[float]
@@ -309,8 +309,18 @@ class CallTables:
         """The lists an eager call of ``order`` reads (made on the first call of that order)."""
         lane = self.lanes[order]
         if lane is None:
-            rows = self.table[order]
-            lane = Lane(self.kinds[order].tolist(), rows[:, 2].tolist(), rows[:, 5].tolist(), rows[:, 6].tolist())
+            sample, model, x0_sample, x0_model, scales = self.table[order][:, (1, 2, 4, 5, 6)].T.tolist()
+            # the plan_sum structure of TWO_TERMS: a unit coefficient starts each sum and one other
+            # term follows (second order: the stored sample starts, the sample's coefficient is 0);
+            # plain Python here: a NumPy call on a few dozen values costs more than the loop
+            start = 1.0 if order == FIRST else 0.0
+            two = [
+                a == start and b != 0.0 and c == 1.0 and d != 0.0
+                for a, b, c, d in zip(sample, model, x0_sample, x0_model, strict=True)
+            ]
+            if order == SECOND and two:
+                two[0] = False  # there is no second-order call 0
+            lane = Lane(two, model, x0_model, scales)
             self.lanes[order] = lane
         return lane
 

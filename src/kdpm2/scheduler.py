@@ -61,7 +61,6 @@ _TIMESTEP_DTYPES = frozenset(
     (torch.uint8, torch.int8, torch.int16, torch.int32, torch.int64, *validation.TENSOR_DTYPES)
 )
 _STRIDED = torch.strided
-_TWO_TERMS_FIRST, _TWO_TERMS_SECOND = functional.TWO_TERMS
 _NO_ADDRESS = -(1 << 80)
 """The table address of a meta table: no tensor's ``data_ptr()`` equals it (meta tensors all read 0)."""
 _MISUSE = "two loops on one scheduler, or a call made twice? Call set_timesteps again to start a new loop"
@@ -372,6 +371,8 @@ class KDPM2DiscreteScheduler(ConfigMixin):
         self.log_sigmas = device_log_sigmas
         self._device_sigmas: dict[tuple[torch.device, torch.dtype], torch.Tensor] = {}
         self.sample: torch.Tensor | None = None
+        self._stored_shape: torch.Size | None = None
+        self._stored_dtype: torch.dtype | None = None
         self._ended_first = False
         self._step_index: int | None = None
         self._begin_index: int | None = None
@@ -749,7 +750,8 @@ class KDPM2DiscreteScheduler(ConfigMixin):
                 and sample.layout is _STRIDED
                 and model_output.layout is _STRIDED
                 and (shape := sample.shape) == model_output.shape  # a nested tensor raises here
-                and (stored is None or (stored.shape == shape and stored.dtype is dtype and stored.is_cpu))
+                # the stored sample as the first-order call checked it (a CPU tensor of that shape and dtype)
+                and (stored is None or (shape == self._stored_shape and dtype is self._stored_dtype))
                 and self._internal_dict is self._calls_config
                 and k < self._n_calls
                 and type(timestep) is _TENSOR
@@ -761,21 +763,22 @@ class KDPM2DiscreteScheduler(ConfigMixin):
         if not fast or (stored is not None and calls.churn):
             return self._step_general(model_output, timestep, sample, return_dict, generator)
         if stored is None:
-            lane = calls.lanes[0] or calls.lane(0)
-            if lane.kinds[k] == _TWO_TERMS_FIRST:
-                prev_sample = torch.add(sample, model_output, alpha=lane.model[k])
-                x0 = torch.add(sample, model_output, alpha=lane.x0_model[k])
+            two_terms, model, x0_model, _ = calls.lanes[0] or calls.lane(0)
+            if two_terms[k]:
+                prev_sample = torch.add(sample, model_output, alpha=model[k])
+                x0 = torch.add(sample, model_output, alpha=x0_model[k])
             else:
                 prev_sample, x0 = calls.run(0, k, (sample, model_output, None, None))
             if k + 1 < self._n_calls:
                 self.sample = sample
+                self._stored_shape, self._stored_dtype = shape, dtype
             else:  # the last call keeps nothing: its sample would hold the loop's autograd graph
                 self._ended_first = True
         else:
-            lane = calls.lanes[1] or calls.lane(1)
-            if lane.kinds[k] == _TWO_TERMS_SECOND:
-                prev_sample = torch.add(stored, model_output, alpha=lane.model[k])
-                x0 = torch.add(sample, model_output, alpha=lane.x0_model[k])
+            two_terms, model, x0_model, _ = calls.lanes[1] or calls.lane(1)
+            if two_terms[k]:
+                prev_sample = torch.add(stored, model_output, alpha=model[k])
+                x0 = torch.add(sample, model_output, alpha=x0_model[k])
             else:
                 prev_sample, x0 = calls.run(1, k, (sample, model_output, stored, None))
             self.sample = None
@@ -829,15 +832,11 @@ class KDPM2DiscreteScheduler(ConfigMixin):
             assert self._step_counter is not None
             self._step_counter.add_(1)
             self.sample = sample if first else None
+            self._stored_shape = None
         else:
             order = 0 if first else 1
             lane = self._calls.lane(order)
-            if (
-                noise is None
-                and lane.kinds[k] == functional.TWO_TERMS[order]
-                and dtype not in _UPCAST
-                and not sample.is_cuda
-            ):
+            if noise is None and lane.two_terms[k] and dtype not in _UPCAST and not sample.is_cuda:
                 prev_sample = torch.add(sample if first else stored, model_output, alpha=lane.model[k])  # type: ignore[arg-type]
                 x0 = torch.add(sample, model_output, alpha=lane.x0_model[k])
             else:
@@ -845,6 +844,9 @@ class KDPM2DiscreteScheduler(ConfigMixin):
             self._step_index = k + 1
             self.sample = sample if first and k + 1 < self._n_calls else None
             self._ended_first = first and k + 1 == self._n_calls
+            # what the inline path compares the next call's sample with (validated above)
+            fast_stored = sample.is_cpu and dtype in _FAST_DTYPES
+            self._stored_shape, self._stored_dtype = (sample.shape if fast_stored else None), dtype
         if not return_dict:
             return prev_sample, x0
         return _output(prev_sample, x0)
