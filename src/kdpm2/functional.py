@@ -261,9 +261,13 @@ class CallTables:
         """``lane(order)`` once made (``step`` reads ``lanes[order] or lane(order)``)."""
         self._levels = levels
         self._kinds: np.ndarray | None = None
-        self._live: tuple[tuple[bool, ...], tuple[bool, ...]] | None = None
         self._peaks: np.ndarray | None = None
-        self._peak: float | None = None
+        # made here, not on first use: a traced (compiled) call reads them, and tracing NumPy breaks graphs
+        magnitude = np.abs(table[:, :, :6])
+        nonzero = (magnitude.max(axis=1, initial=0.0) != 0.0).tolist()
+        self._live = (tuple(nonzero[0]), tuple(nonzero[1]))
+        peak = float(magnitude.max(initial=0.0))
+        self._peak = peak if levels is None else max(peak, float(levels.max(initial=0.0)))
 
     @property
     def kinds(self) -> np.ndarray:
@@ -277,9 +281,6 @@ class CallTables:
     @property
     def live(self) -> tuple[tuple[bool, ...], tuple[bool, ...]]:
         """Per order, which of the six coefficients are non-zero at some call (a traced step's terms)."""
-        if self._live is None:
-            nonzero = (self.table[:, :, :6] != 0.0).any(axis=1).tolist()
-            self._live = (tuple(nonzero[0]), tuple(nonzero[1]))
         return self._live
 
     @property
@@ -293,8 +294,6 @@ class CallTables:
     @property
     def peak(self) -> float:
         """The largest of ``peaks``."""
-        if self._peak is None:
-            self._peak = float(self.peaks.max()) if self.num_calls else 0.0
         return self._peak
 
     def noise(self, k: int) -> bool:

@@ -555,23 +555,24 @@ class KDPM2DiscreteScheduler(ConfigMixin):
         # the common call inline, as in step: the index known, the timestep call k's view
         try:
             fast = (
-                k is not None
-                and self._step_counter is None
+                self._step_counter is None
                 and not _dynamo_compiling()
                 and not _compiler._is_compiling_flag
+                and ((placed := k is None) is False or (k := self._first_index(timestep)) is not None)
                 and type(sample) is _TENSOR
                 and sample.dtype in _STEP_DTYPES
                 and sample.layout is _STRIDED
                 and not sample.is_nested
                 and k < self._n_calls
-                and type(timestep) is _TENSOR
-                and timestep.data_ptr() == self._time_base + k * self._time_item
+                and (placed or (type(timestep) is _TENSOR and timestep.data_ptr() == self._time_base + k * self._time_item))
             )
         except RuntimeError:  # a tensor without storage (functorch) has no address
             fast = False
         if fast:
             order = 0 if self.sample is None else 1
-            return sample / (self._calls.lanes[order] or self._calls.lane(order)).scales[k]
+            scaled = sample / (self._calls.lanes[order] or self._calls.lane(order)).scales[k]
+            self._step_index = k
+            return scaled
         validation.tensor("sample", sample)
         if k is None or self._step_counter is not None or _is_compiling():
             return self._scale_first(sample, timestep)
@@ -581,6 +582,21 @@ class KDPM2DiscreteScheduler(ConfigMixin):
             self._check_timestep(timestep, k)
         order = 0 if self.sample is None else 1
         return sample / self._calls.lane(order).scales[k]
+
+    def _first_index(self, timestep: Any) -> int | None:
+        """The first call's index where it needs no lookup: the begin index, or the position of a view.
+
+        ``None`` sends the call to the general path (a plain value, or a view of several elements).
+        """
+        if self._begin_index is not None:
+            return self._begin_index
+        if type(timestep) is not _TENSOR or timestep.dtype is not self._time_dtype:
+            return None
+        offset = timestep.data_ptr() - self._time_base
+        item = self._time_item
+        if 0 <= offset < self._n_calls * item and offset % item == 0 and timestep.numel() == 1:
+            return offset // item
+        return None
 
     def _scale_first(self, sample: torch.Tensor, timestep: float | torch.Tensor | None) -> torch.Tensor:
         """``scale_model_input`` of a loop's first call, or on the device counter (after a compiled call)."""
@@ -734,12 +750,14 @@ class KDPM2DiscreteScheduler(ConfigMixin):
         # The common call, checked inline (validation.step_inputs words the errors on the general
         # path): CPU tensors of one float32/float64 dtype and shape, the call index known, and the
         # timestep the view of call k that iterating scheduler.timesteps yields (one address compare).
+        # A loop's first call takes the begin index (its timestep is not read, as in diffusers) or
+        # the position of its timestep's view.
         try:
             fast = (
-                k is not None
-                and self._step_counter is None
+                self._step_counter is None
                 and not _dynamo_compiling()
                 and not _compiler._is_compiling_flag
+                and ((placed := k is None) is False or (k := self._first_index(timestep)) is not None)
                 and type(sample) is _TENSOR
                 and type(model_output) is _TENSOR
                 and generator is None
@@ -754,8 +772,7 @@ class KDPM2DiscreteScheduler(ConfigMixin):
                 and (stored is None or (shape == self._stored_shape and dtype is self._stored_dtype))
                 and self._internal_dict is self._calls_config
                 and k < self._n_calls
-                and type(timestep) is _TENSOR
-                and timestep.data_ptr() == self._time_base + k * self._time_item
+                and (placed or (type(timestep) is _TENSOR and timestep.data_ptr() == self._time_base + k * self._time_item))
             )
         except RuntimeError:
             fast = False
