@@ -228,10 +228,10 @@ both: ``x0 = sample + b * model_output`` (epsilon prediction, no churn: every ca
 class Lane(NamedTuple):
     """What an eager call of one order reads, as flat lists indexed by the call (made on first use)."""
 
-    two_terms: list[bool]
-    """The call is the common one: ``prev`` and ``x0`` are each one ``torch.add`` (``TWO_TERMS``)."""
     model: list[float]
-    """``Coefficients.model``: the ``prev`` coefficient of the model output."""
+    """``Coefficients.model`` (the ``prev`` coefficient of the model output) for epsilon
+    prediction, 0 elsewhere. A call with non-zero ``model`` and ``x0_model`` is the common one:
+    ``prev`` and ``x0`` are each one ``torch.add`` (``TWO_TERMS``)."""
     x0_model: list[float]
     """``Coefficients.x0_model``."""
     scales: list[float]
@@ -250,10 +250,14 @@ class CallTables:
     arrays, and a loop turns the columns it reads into lists once (``lane``).
     """
 
-    __slots__ = ("_kinds", "_levels", "_live", "_peak", "_peaks", "churn", "lanes", "num_calls", "table")
+    __slots__ = ("_kinds", "_levels", "_live", "_peak", "_peaks", "churn", "epsilon", "lanes", "num_calls", "table")
 
-    def __init__(self, table: np.ndarray, churn: bool, levels: np.ndarray | None = None) -> None:
+    def __init__(
+        self, table: np.ndarray, churn: bool, levels: np.ndarray | None = None, epsilon: bool = False
+    ) -> None:
         self.table = table
+        self.epsilon = epsilon
+        """Epsilon prediction: the calls' structure that ``lane`` relies on (see there)."""
         self.num_calls = int(table.shape[1])
         self.churn = churn
         """``s_churn > 0``: a second-order call counted on the device always draws noise (unused at the end)."""
@@ -308,18 +312,17 @@ class CallTables:
         """The lists an eager call of ``order`` reads (made on the first call of that order)."""
         lane = self.lanes[order]
         if lane is None:
-            sample, model, x0_sample, x0_model, scales = self.table[order][:, (1, 2, 4, 5, 6)].T.tolist()
-            # the plan_sum structure of TWO_TERMS: a unit coefficient starts each sum and one other
-            # term follows (second order: the stored sample starts, the sample's coefficient is 0);
-            # plain Python here: a NumPy call on a few dozen values costs more than the loop
-            start = 1.0 if order == FIRST else 0.0
-            two = [
-                a == start and b != 0.0 and c == 1.0 and d != 0.0
-                for a, b, c, d in zip(sample, model, x0_sample, x0_model, strict=True)
-            ]
-            if order == SECOND and two:
-                two[0] = False  # there is no second-order call 0
-            lane = Lane(two, model, x0_model, scales)
+            rows = self.table[order]
+            if self.epsilon:
+                # epsilon prediction makes each call's sums TWO_TERMS wherever both coefficients
+                # are non-zero: the sample's prev coefficient is exactly 1 (first order) or 0 beside
+                # the stored sample's 1 (second order), and the sample's x0 coefficient is 1
+                model = rows[:, 2].tolist()
+            else:
+                model = [0.0] * self.num_calls
+            if order == SECOND and model:
+                model[0] = 0.0  # there is no second-order call 0
+            lane = Lane(model, rows[:, 5].tolist(), rows[:, 6].tolist())
             self.lanes[order] = lane
         return lane
 
@@ -383,7 +386,7 @@ def call_tables(
     levels[FIRST] = np.maximum(sigma, mid)
     if n > 1:
         levels[SECOND, 1:] = np.maximum(np.maximum(start, mid2), end)
-    return CallTables(table, s_churn > 0, levels)
+    return CallTables(table, s_churn > 0, levels, prediction_type == "epsilon")
 
 
 def _denoiser_arrays(sigma: np.ndarray, prediction_type: str) -> tuple[np.ndarray | float, np.ndarray | float]:

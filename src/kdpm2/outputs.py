@@ -17,6 +17,8 @@ from typing import Any
 import torch
 import torch.utils._pytree as pytree
 
+_set_attribute = object.__setattr__
+
 
 class BaseOutput(OrderedDict[str, Any]):
     """An ordered mapping of a dataclass's non-``None`` fields, indexable by key, position or slice."""
@@ -34,12 +36,11 @@ class BaseOutput(OrderedDict[str, Any]):
     def __post_init__(self) -> None:
         """Fill the mapping from the fields, in declaration order, skipping those that are ``None``."""
         names = type(self).__dict__.get("_field_names")
-        if names is None:  # once per class: ``fields()`` is slow, and this runs on every step
+        if names is None:  # once per class: ``fields()`` is slow
             names = tuple(f.name for f in fields(self))  # type: ignore[arg-type]
             type.__setattr__(type(self), "_field_names", names)
-        values = self.__dict__
         for name in names:
-            value = values[name]
+            value = getattr(self, name)  # an instance attribute or a slot
             if value is not None:
                 OrderedDict.__setitem__(self, name, value)
 
@@ -92,35 +93,46 @@ class BaseOutput(OrderedDict[str, Any]):
         return tuple(self[k] for k in self.keys())
 
 
-@dataclass(init=False)
+@dataclass(init=False, slots=True)
 class KDPM2DiscreteSchedulerOutput(BaseOutput):
-    """What ``step`` returns: the next sample and this call's denoised estimate."""
+    """What ``step`` returns: the next sample and this call's denoised estimate.
+
+    The fields are slots, not instance-dict entries: ``step`` builds one per call, and an instance
+    dict would cost an allocation and a deallocation each time (``RawStepOutput``).
+    """
 
     prev_sample: torch.Tensor
     pred_original_sample: torch.Tensor | None = None
 
     def __init__(self, prev_sample: torch.Tensor, pred_original_sample: torch.Tensor | None = None) -> None:
-        """The dataclass constructor, written out: ``step`` builds one per call, so it skips ``__setattr__``."""
-        self.__dict__.update(prev_sample=prev_sample, pred_original_sample=pred_original_sample)
+        """The dataclass constructor, written out: it skips ``__setattr__``."""
+        _set_attribute(self, "prev_sample", prev_sample)
+        _set_attribute(self, "pred_original_sample", pred_original_sample)
         OrderedDict.__setitem__(self, "prev_sample", prev_sample)
         if pred_original_sample is not None:
             OrderedDict.__setitem__(self, "pred_original_sample", pred_original_sample)
 
 
-_new = OrderedDict.__new__
-_set = OrderedDict.__setitem__
+class RawStepOutput(BaseOutput):
+    """``KDPM2DiscreteSchedulerOutput``'s layout (same base, same slots) with C item and attribute stores.
+
+    ``step`` fills one through ``OrderedDict``'s own ``__setitem__`` and plain slot stores (no
+    Python method runs), then assigns ``__class__ = KDPM2DiscreteSchedulerOutput``: the
+    constructor's object for half its cost.
+    """
+
+    __slots__ = ("prev_sample", "pred_original_sample")
+    __setitem__ = OrderedDict.__setitem__  # type: ignore[assignment]
+    __setattr__ = object.__setattr__  # type: ignore[assignment]
+
 
 
 def step_output(prev_sample: torch.Tensor, pred_original_sample: torch.Tensor) -> KDPM2DiscreteSchedulerOutput:
-    """``KDPM2DiscreteSchedulerOutput(prev_sample, pred_original_sample)`` for two tensors, without ``__init__``.
-
-    ``step`` returns one per call: filling the attribute dict and the mapping directly costs about
-    half of a constructor call, for the same object.
-    """
-    out = _new(KDPM2DiscreteSchedulerOutput)
-    attributes = out.__dict__
-    attributes["prev_sample"] = prev_sample
-    attributes["pred_original_sample"] = pred_original_sample
-    _set(out, "prev_sample", prev_sample)
-    _set(out, "pred_original_sample", pred_original_sample)
-    return out
+    """``KDPM2DiscreteSchedulerOutput(prev_sample, pred_original_sample)`` for two tensors, without ``__init__``."""
+    out = RawStepOutput()
+    out["prev_sample"] = prev_sample
+    out["pred_original_sample"] = pred_original_sample
+    out.prev_sample = prev_sample
+    out.pred_original_sample = pred_original_sample
+    out.__class__ = KDPM2DiscreteSchedulerOutput  # type: ignore[assignment]
+    return out  # type: ignore[return-value]

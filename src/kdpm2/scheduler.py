@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import math
 import struct
-from collections import OrderedDict
 from typing import Any, ClassVar
 
 import numpy as np
@@ -21,6 +20,7 @@ import torch
 from kdpm2 import functional, lookup, presets, tables, validation
 from kdpm2.configuration import ConfigMixin
 from kdpm2.outputs import KDPM2DiscreteSchedulerOutput
+from kdpm2.outputs import RawStepOutput as _RawOutput
 from kdpm2.outputs import step_output as _output
 
 KARRAS_COMPATIBLES = (
@@ -71,14 +71,6 @@ _compiler = torch.compiler
 _TENSOR = torch.Tensor
 _FAST_DTYPES = frozenset((torch.float32, torch.float64))
 """Dtypes the inline path of ``step`` computes in directly (half precision is upcast on the general path)."""
-
-
-class _Output(OrderedDict):  # type: ignore[type-arg]
-    """An ordered dict with the layout of ``KDPM2DiscreteSchedulerOutput`` and none of its Python methods.
-
-    ``step`` fills one through the C ``__setitem__`` and then turns it into the output class
-    (``__class__`` assignment): the same object as the constructor's, for two thirds of the cost.
-    """
 
 
 class KDPM2DiscreteScheduler(ConfigMixin):
@@ -370,6 +362,7 @@ class KDPM2DiscreteScheduler(ConfigMixin):
         self.sigmas_interpol = device_interpol
         self.log_sigmas = device_log_sigmas
         self._device_sigmas: dict[tuple[torch.device, torch.dtype], torch.Tensor] = {}
+        self._noise_sigma: tuple[float, torch.dtype | None, torch.Tensor | None] = (math.nan, None, None)
         self.sample: torch.Tensor | None = None
         self._stored_shape: torch.Size | None = None
         self._stored_dtype: torch.dtype | None = None
@@ -780,10 +773,11 @@ class KDPM2DiscreteScheduler(ConfigMixin):
         if not fast or (stored is not None and calls.churn):
             return self._step_general(model_output, timestep, sample, return_dict, generator)
         if stored is None:
-            two_terms, model, x0_model, _ = calls.lanes[0] or calls.lane(0)
-            if two_terms[k]:
-                prev_sample = torch.add(sample, model_output, alpha=model[k])
-                x0 = torch.add(sample, model_output, alpha=x0_model[k])
+            model, x0_model, _ = calls.lanes[0] or calls.lane(0)
+            alpha, beta = model[k], x0_model[k]
+            if alpha and beta:  # the common call (Lane.model)
+                prev_sample = torch.add(sample, model_output, alpha=alpha)
+                x0 = torch.add(sample, model_output, alpha=beta)
             else:
                 prev_sample, x0 = calls.run(0, k, (sample, model_output, None, None))
             if k + 1 < self._n_calls:
@@ -792,24 +786,24 @@ class KDPM2DiscreteScheduler(ConfigMixin):
             else:  # the last call keeps nothing: its sample would hold the loop's autograd graph
                 self._ended_first = True
         else:
-            two_terms, model, x0_model, _ = calls.lanes[1] or calls.lane(1)
-            if two_terms[k]:
-                prev_sample = torch.add(stored, model_output, alpha=model[k])
-                x0 = torch.add(sample, model_output, alpha=x0_model[k])
+            model, x0_model, _ = calls.lanes[1] or calls.lane(1)
+            alpha, beta = model[k], x0_model[k]
+            if alpha and beta:
+                prev_sample = torch.add(stored, model_output, alpha=alpha)
+                x0 = torch.add(sample, model_output, alpha=beta)
             else:
                 prev_sample, x0 = calls.run(1, k, (sample, model_output, stored, None))
             self.sample = None
         self._step_index = k + 1
         if not return_dict:
             return prev_sample, x0
-        out = _Output()  # KDPM2DiscreteSchedulerOutput(prev_sample, x0), built without calling Python code
+        out = _RawOutput()  # KDPM2DiscreteSchedulerOutput(prev_sample, x0) without running Python code
         out["prev_sample"] = prev_sample
         out["pred_original_sample"] = x0
-        out.__class__ = KDPM2DiscreteSchedulerOutput
-        attributes = out.__dict__
-        attributes["prev_sample"] = prev_sample
-        attributes["pred_original_sample"] = x0
-        return out
+        out.prev_sample = prev_sample
+        out.pred_original_sample = x0
+        out.__class__ = KDPM2DiscreteSchedulerOutput  # type: ignore[assignment]
+        return out  # type: ignore[return-value]
 
     def _step_general(
         self,
@@ -853,7 +847,7 @@ class KDPM2DiscreteScheduler(ConfigMixin):
         else:
             order = 0 if first else 1
             lane = self._calls.lane(order)
-            if noise is None and lane.two_terms[k] and dtype not in _UPCAST and not sample.is_cuda:
+            if noise is None and lane.model[k] and lane.x0_model[k] and dtype not in _UPCAST and not sample.is_cuda:
                 prev_sample = torch.add(sample if first else stored, model_output, alpha=lane.model[k])  # type: ignore[arg-type]
                 x0 = torch.add(sample, model_output, alpha=lane.x0_model[k])
             else:
@@ -945,14 +939,21 @@ class KDPM2DiscreteScheduler(ConfigMixin):
         except RuntimeError:
             fast = False
         if fast:
+            sigma = None
             if self._begin_index is not None and self._step_counter is None:
                 index = self._step_index if self._step_index is not None else self._begin_index
-                return torch.mul(noise, self._host_sigmas[index]).add_(original_samples)
-            if self._begin_index is None:
+                sigma = self._host_sigmas[index]
+            elif self._begin_index is None:
                 position = self._view_position(timesteps)
                 if position is not None:  # one timestep for the batch, a view of the schedule
                     sigma = self._host_sigmas[self._lookup_table("diffusers")[self._index_values_list[position]]]
-                    return torch.mul(noise, sigma).add_(original_samples)
+            if sigma is not None:
+                # noise * sigma + original: the same two roundings as original + noise * sigma, one
+                # allocation fewer; the sigma as a one-element tensor of the dtype, kept for the next call
+                cached = self._noise_sigma
+                if cached[0] != sigma or cached[1] is not dtype:
+                    cached = self._noise_sigma = (sigma, dtype, torch.full((1,), sigma, dtype=dtype))
+                return (noise * cached[2]).add_(original_samples)
         if isinstance(timesteps, (int, float, np.integer, np.floating)) and not isinstance(timesteps, bool):
             timesteps = torch.tensor([validation.real("timesteps", timesteps)])
         validation.add_noise_inputs(original_samples, noise, timesteps)
