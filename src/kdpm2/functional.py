@@ -14,6 +14,7 @@ in at least float32 and round once to the sample's dtype.
 from __future__ import annotations
 
 import math
+from array import array
 from collections.abc import Sequence
 from typing import NamedTuple
 
@@ -225,61 +226,80 @@ both: ``x0 = sample + b * model_output`` (epsilon prediction, no churn: every ca
 """
 
 
-class Lane(NamedTuple):
-    """What an eager call of one order reads, as flat lists indexed by the call (made on first use)."""
+def _doubles(values: np.ndarray) -> array[float]:
+    """A float64 column as ``array('d')``: one copy, floats on indexing."""
+    return array("d", np.ascontiguousarray(values, dtype=np.float64).tobytes())
 
-    model: list[float]
+
+class Lane(NamedTuple):
+    """What an eager call of one order reads, as flat float columns indexed by the call."""
+
+    model: array[float]
     """``Coefficients.model`` (the ``prev`` coefficient of the model output) for epsilon
     prediction, 0 elsewhere. A call with non-zero ``model`` and ``x0_model`` is the common one:
     ``prev`` and ``x0`` are each one ``torch.add`` (``TWO_TERMS``)."""
-    x0_model: list[float]
+    x0_model: array[float]
     """``Coefficients.x0_model``."""
-    scales: list[float]
+    scales: array[float]
     """The model-input divisor ``sqrt(sigma^2 + 1)``."""
 
 
 class CallTables:
     """Every call's coefficients, computed once per schedule, for both orders a call can take.
 
-    ``table[order, k]`` holds call ``k``'s six ``Coefficients`` in that order (second order at
-    ``k = 0`` cannot happen and is all zeros), then the model-input divisor ``sqrt(sigma^2 + 1)``,
-    as float64. ``live[order]`` says which of the six coefficients are non-zero at some call, so
-    that a traced step leaves out the terms that are zero at every call. ``kinds`` holds each
-    call's sum codes (``sum_codes``): an eager call reads its plan from ``SUM_STRUCTURES`` instead
-    of building one. Nothing here is a per-call Python object: ``set_timesteps(1000)`` makes a few
-    arrays, and a loop turns the columns it reads into lists once (``lane``).
+    ``columns[order, j]`` holds field ``j`` of every call in that order: the six ``Coefficients``,
+    then the model-input divisor ``sqrt(sigma^2 + 1)``, as float64 (second order at ``k = 0``
+    cannot happen and is all zeros). ``table`` is the same memory as ``(2, num_calls, 7)`` rows.
+    ``live[order]`` says which of the six coefficients are non-zero at some call, so that a
+    traced step leaves out the terms that are zero at every call. ``lanes`` hold the columns an
+    eager call reads; ``kinds`` (made on first use) each call's sum codes (``sum_codes``), from
+    which a call reads its plan instead of building one. Nothing here is a per-call Python object:
+    ``set_timesteps(1000)`` makes a few arrays.
     """
 
-    __slots__ = ("_kinds", "_levels", "_live", "_peak", "_peaks", "churn", "epsilon", "lanes", "num_calls", "table")
+    __slots__ = (
+        "_kinds",
+        "_levels",
+        "_live",
+        "_peak",
+        "_peaks",
+        "churn",
+        "columns",
+        "epsilon",
+        "lanes",
+        "num_calls",
+        "table",
+    )
 
     def __init__(
-        self, table: np.ndarray, churn: bool, levels: np.ndarray | None = None, epsilon: bool = False
+        self, columns: np.ndarray, churn: bool, levels: np.ndarray | None = None, epsilon: bool = False
     ) -> None:
-        self.table = table
+        self.columns = columns
+        self.table = columns.transpose(0, 2, 1)
         self.epsilon = epsilon
         """Epsilon prediction: the calls' structure that ``lane`` relies on (see there)."""
-        self.num_calls = int(table.shape[1])
+        self.num_calls = int(columns.shape[2])
         self.churn = churn
         """``s_churn > 0``: a second-order call counted on the device always draws noise (unused at the end)."""
-        self.lanes: list[Lane | None] = [None, None]
-        """``lane(order)`` once made (``step`` reads ``lanes[order] or lane(order)``)."""
         self._levels = levels
         self._kinds: np.ndarray | None = None
         self._peaks: np.ndarray | None = None
         # made here, not on first use: a traced (compiled) call reads them, and tracing NumPy breaks graphs
-        magnitude = np.abs(table[:, :, :6])
-        nonzero = (magnitude.max(axis=1, initial=0.0) != 0.0).tolist()
+        largest = np.abs(columns[:, :6]).max(axis=2, initial=0.0)
+        nonzero = (largest != 0.0).tolist()
         self._live = (tuple(nonzero[0]), tuple(nonzero[1]))
-        peak = float(magnitude.max(initial=0.0))
+        peak = float(largest.max())
         self._peak = peak if levels is None else max(peak, float(levels.max(initial=0.0)))
+        self.lanes: list[Lane] = [self._lane(FIRST), self._lane(SECOND)]
+        """What an eager call of each order reads (``Lane``)."""
 
     @property
     def kinds(self) -> np.ndarray:
         """``(2, num_calls)`` call kinds: the ``prev`` sum code << 7 | the ``x0`` sum code (``sum_codes``)."""
         if self._kinds is None:
-            table = self.table
-            prev = sum_codes(table[:, :, PREV_COLUMNS].transpose(2, 0, 1))
-            self._kinds = prev << 7 | sum_codes(table[:, :, X0_COLUMNS].transpose(2, 0, 1))
+            columns = self.columns
+            prev = sum_codes(columns[:, PREV_COLUMNS].transpose(1, 0, 2))
+            self._kinds = prev << 7 | sum_codes(columns[:, X0_COLUMNS].transpose(1, 0, 2))
         return self._kinds
 
     @property
@@ -291,7 +311,7 @@ class CallTables:
     def peaks(self) -> np.ndarray:
         """Per order and call, the largest noise level or coefficient magnitude: what a dtype's range must hold."""
         if self._peaks is None:
-            peaks = np.abs(self.table[:, :, :6]).max(axis=2)
+            peaks = np.abs(self.columns[:, :6]).max(axis=1)
             self._peaks = peaks if self._levels is None else np.maximum(peaks, self._levels)
         return self._peaks
 
@@ -306,29 +326,27 @@ class CallTables:
 
     def coefficients(self, order: int, k: int) -> Coefficients:
         """Call ``k``'s coefficients in ``order``."""
-        return Coefficients(*self.table[order, k, :6].tolist())
+        return Coefficients(*self.columns[order, :6, k].tolist())
 
     def lane(self, order: int) -> Lane:
-        """The lists an eager call of ``order`` reads (made on the first call of that order)."""
-        lane = self.lanes[order]
-        if lane is None:
-            rows = self.table[order]
-            if self.epsilon:
-                # epsilon prediction makes each call's sums TWO_TERMS wherever both coefficients
-                # are non-zero: the sample's prev coefficient is exactly 1 (first order) or 0 beside
-                # the stored sample's 1 (second order), and the sample's x0 coefficient is 1
-                model = rows[:, 2].tolist()
-            else:
-                model = [0.0] * self.num_calls
-            if order == SECOND and model:
-                model[0] = 0.0  # there is no second-order call 0
-            lane = Lane(model, rows[:, 5].tolist(), rows[:, 6].tolist())
-            self.lanes[order] = lane
-        return lane
+        """The columns an eager call of ``order`` reads (``Lane``)."""
+        return self.lanes[order]
+
+    def _lane(self, order: int) -> Lane:
+        """``array('d')`` columns: one copy of the float64 values whatever the length (a list would
+        make one Python float per call up front), read as floats like a list."""
+        columns = self.columns[order]
+        # epsilon prediction makes each call's sums TWO_TERMS wherever both coefficients are
+        # non-zero: the sample's prev coefficient is exactly 1 (first order) or 0 beside the
+        # stored sample's 1 (second order), and the sample's x0 coefficient is 1
+        model = _doubles(columns[2]) if self.epsilon else array("d", bytes(8 * self.num_calls))
+        if order == SECOND and len(model):
+            model[0] = 0.0  # there is no second-order call 0
+        return Lane(model, _doubles(columns[5]), _doubles(columns[6]))
 
     def run(self, order: int, k: int, inputs: tuple[torch.Tensor | None, ...]) -> tuple[torch.Tensor, torch.Tensor]:
         """``(prev_sample, pred_original_sample)`` of call ``k`` with plain torch ops (``run_step``'s values)."""
-        row = self.table[order, k].tolist()
+        row = self.columns[order, :, k].tolist()
         kind = int(self.kinds[order, k])
         like = inputs[0]
         assert like is not None
@@ -337,7 +355,7 @@ class CallTables:
         return prev, x0
 
     def as_tensor(self) -> torch.Tensor:
-        """``(2, num_calls, 7)`` float64: the six coefficients, then the scale, per order and call."""
+        """``(2, num_calls, 7)`` float64: the six coefficients, then the scale, per order and call (a view)."""
         return torch.from_numpy(self.table)
 
 
@@ -360,33 +378,33 @@ def call_tables(
     s = np.asarray(sigmas, dtype=np.float64)
     m = np.asarray(sigmas_interpol, dtype=np.float64)
     n = num_calls
-    table = np.zeros((2, n, 7))
-    first, second = table[FIRST], table[SECOND]
+    columns = np.zeros((2, 7, n))
+    first, second = columns[FIRST], columns[SECOND]
     sigma, mid = s[:n], m[1 : n + 1]
     a, b = _denoiser_arrays(sigma, prediction_type)
     r = (mid - sigma) / sigma
-    first[:, 1] = 1.0 + r * (1.0 - a)
-    first[:, 2] = -r * b
-    first[:, 4], first[:, 5] = a, b
-    first[:, 6] = np.sqrt(sigma * sigma + 1.0)
+    first[1] = 1.0 + r * (1.0 - a)
+    first[2] = -r * b
+    first[4], first[5] = a, b
+    first[6] = np.sqrt(sigma * sigma + 1.0)
     if n > 1:
         start, mid2, end = s[: n - 1], m[1:n], s[1:n]
         a2, b2 = _denoiser_arrays(mid2, prediction_type)
         q = (end - start) / mid2
-        second[1:, 0] = 1.0
-        second[1:, 1] = q * (1.0 - a2)
-        second[1:, 2] = -q * b2
-        second[1:, 4], second[1:, 5] = a2, b2
+        second[0, 1:] = 1.0
+        second[1, 1:] = q * (1.0 - a2)
+        second[2, 1:] = -q * b2
+        second[4, 1:], second[5, 1:] = a2, b2
         if s_churn > 0:  # rare: the scalar formula keeps ``x ** 2`` (pow) exactly as ``second_order`` is fed
             sv = s.tolist()
             for k in range(1, n - 1):
-                second[k, 3] = s_noise * math.sqrt(max(sv[k + 1] ** 2 - sv[k] ** 2, 0.0))
-    second[:, 6] = np.sqrt(m[:n] * m[:n] + 1.0)
+                second[3, k] = s_noise * math.sqrt(max(sv[k + 1] ** 2 - sv[k] ** 2, 0.0))
+    second[6] = np.sqrt(m[:n] * m[:n] + 1.0)
     levels = np.zeros((2, n))  # the noise levels of each call's inputs and result
     levels[FIRST] = np.maximum(sigma, mid)
     if n > 1:
         levels[SECOND, 1:] = np.maximum(np.maximum(start, mid2), end)
-    return CallTables(table, s_churn > 0, levels, prediction_type == "epsilon")
+    return CallTables(columns, s_churn > 0, levels, prediction_type == "epsilon")
 
 
 def _denoiser_arrays(sigma: np.ndarray, prediction_type: str) -> tuple[np.ndarray | float, np.ndarray | float]:

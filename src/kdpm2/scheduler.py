@@ -563,7 +563,7 @@ class KDPM2DiscreteScheduler(ConfigMixin):
             fast = False
         if fast:
             order = 0 if self.sample is None else 1
-            scaled = sample / (self._calls.lanes[order] or self._calls.lane(order)).scales[k]
+            scaled = sample / self._calls.lanes[order].scales[k]  # type: ignore[union-attr]
             self._step_index = k
             return scaled
         validation.tensor("sample", sample)
@@ -773,7 +773,7 @@ class KDPM2DiscreteScheduler(ConfigMixin):
         if not fast or (stored is not None and calls.churn):
             return self._step_general(model_output, timestep, sample, return_dict, generator)
         if stored is None:
-            model, x0_model, _ = calls.lanes[0] or calls.lane(0)
+            model, x0_model, _ = calls.lanes[0]  # type: ignore[misc]
             alpha, beta = model[k], x0_model[k]
             if alpha and beta:  # the common call (Lane.model)
                 prev_sample = torch.add(sample, model_output, alpha=alpha)
@@ -786,7 +786,7 @@ class KDPM2DiscreteScheduler(ConfigMixin):
             else:  # the last call keeps nothing: its sample would hold the loop's autograd graph
                 self._ended_first = True
         else:
-            model, x0_model, _ = calls.lanes[1] or calls.lane(1)
+            model, x0_model, _ = calls.lanes[1]  # type: ignore[misc]
             alpha, beta = model[k], x0_model[k]
             if alpha and beta:
                 prev_sample = torch.add(stored, model_output, alpha=alpha)
