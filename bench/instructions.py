@@ -266,7 +266,9 @@ def compile_marks(folder: Path) -> Path:
     if compiler is None:
         raise SystemExit("needs a C compiler (cc) to build the callgrind client requests")
     library = folder / "cg_marks.so"
-    subprocess.run([compiler, "-O2", "-shared", "-fPIC", "-o", str(library), str(ROOT / "bench" / "cg_marks.c")], check=True)
+    subprocess.run(
+        [compiler, "-O2", "-shared", "-fPIC", "-o", str(library), str(ROOT / "bench" / "cg_marks.c")], check=True
+    )
     return library
 
 
@@ -316,8 +318,12 @@ def cpu_name() -> str:
 
 
 def commit() -> str:
-    done = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True, check=False)
-    dirty = subprocess.run(["git", "status", "--porcelain", "src"], cwd=ROOT, capture_output=True, text=True, check=False)
+    done = subprocess.run(
+        ["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True, check=False
+    )
+    dirty = subprocess.run(
+        ["git", "status", "--porcelain", "src"], cwd=ROOT, capture_output=True, text=True, check=False
+    )
     return done.stdout.strip() + ("+dirty" if dirty.stdout.strip() else "")
 
 
@@ -333,7 +339,7 @@ def markdown(data: dict[str, Any]) -> str:
         "| operation | kdpm2 | diffusers | floor | diffusers / kdpm2 | kdpm2 over the floor |",
         "|---|---:|---:|---:|---:|---:|",
     ]
-    for name, row in data["operations"].items():
+    for row in data["operations"].values():
         ours, theirs, floor = row.get("kdpm2"), row.get("diffusers"), row.get("floor")
         ratio = f"{theirs / ours:.1f}x" if ours and theirs else ""
         over = f"{ours - floor:,.0f}" if ours and floor is not None else ""

@@ -184,3 +184,27 @@ def test_save_and_load_errors(tmp_path: pathlib.Path) -> None:
     empty.mkdir()
     with pytest.raises(OSError, match=r"^Error no file named scheduler_config.json found in directory .*/empty\.$"):
         KDPM2DiscreteScheduler.load_config(empty, subfolder="nothing")
+
+
+def test_no_class_in_the_scheduler_mro_defines_getattr() -> None:
+    """A ``__getattr__`` anywhere in the MRO turns off CPython's attribute specialisation on the hot path.
+
+    Config keys still read as attributes (with diffusers' FutureWarning) through one descriptor per
+    key; instance attributes win over them, class attributes are never shadowed.
+    """
+    import warnings
+
+    from kdpm2 import KDPM2DiscreteScheduler
+
+    assert not any("__getattr__" in vars(k) for k in KDPM2DiscreteScheduler.__mro__)
+    s = KDPM2DiscreteScheduler()
+    s.register_to_config(brand_new_key=3)
+    with pytest.warns(FutureWarning, match="brand_new_key"):
+        assert s.brand_new_key == 3
+    with pytest.raises(AttributeError, match="'KDPM2DiscreteScheduler' object has no attribute 'brand_new_key'"):
+        KDPM2DiscreteScheduler().brand_new_key  # noqa: B018  # another instance without the key
+    s.brand_new_key = 4  # an instance attribute shadows the config key, as with diffusers' __getattr__
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert s.brand_new_key == 4 and callable(s.set_timesteps) and s.order == 2
+    assert s.config.num_train_timesteps == 1000 and "keys" not in vars(s.config)

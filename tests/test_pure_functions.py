@@ -367,3 +367,94 @@ def test_churn_window_includes_both_ends() -> None:
     gamma = min(1.0 / 4, math.sqrt(2) - 1)  # s_churn / n, capped
     hat = tables.churned_sigmas(sigmas, 1.0, 2.0, 4.0)
     assert hat.tolist() == [8.0, 4.0 * (1 + gamma), 2.0 * (1 + gamma), 1.0]
+
+
+# -- the vectorised call tables (issue 23): the scalar formulas, bit for bit ----------------------
+
+
+@st.composite
+def host_tables(draw: st.DrawFn) -> tuple[list[float], list[float], int]:
+    """Interleaved ``sigmas``/``sigmas_interpol`` host tables of a decreasing schedule, and its call count."""
+    top = draw(st.floats(0.05, 20000.0))
+    ratios = draw(st.lists(st.floats(0.05, 0.99), min_size=1, max_size=12))
+    main = [top]
+    for r in ratios:
+        main.append(main[-1] * r)
+    final_zero = draw(st.booleans())
+    if final_zero:
+        main.append(0.0)
+    main_t = torch.tensor(main, dtype=torch.float64)
+    hat = main_t[:-1] * draw(st.sampled_from([1.0, 1.1]))
+    built = tables.interleave(main_t, hat, torch.zeros(len(main) - 1, dtype=torch.float64), lambda m: m * 0)
+    return built.sigmas.tolist(), built.sigmas_interpol.tolist(), len(built.timesteps)
+
+
+@given(host_tables(), st.sampled_from(functional.PREDICTION_TYPES), st.sampled_from([0.0, 0.7]), st.floats(0.5, 1.5))
+def test_call_tables_are_the_scalar_formulas_bitwise(
+    case: tuple[list[float], list[float], int], prediction: str, churn: float, s_noise: float
+) -> None:
+    """Every call's ``Coefficients`` and scale equal ``first_order``/``second_order`` exactly."""
+    sigmas, interpol, n = case
+    calls = functional.call_tables(sigmas, interpol, n, prediction, churn, s_noise)
+    assert calls.table.shape == (2, n, 7) and calls.as_tensor().shape == (2, n, 7)
+    for k in range(n):
+        want = functional.first_order(sigmas[k], interpol[k + 1], prediction)
+        assert calls.coefficients(functional.FIRST, k) == want
+        assert calls.lane(functional.FIRST).scales[k] == math.sqrt(sigmas[k] * sigmas[k] + 1.0)
+        if k == 0:
+            assert calls.coefficients(functional.SECOND, 0) == functional.Coefficients(0, 0, 0, 0, 0, 0)
+            continue
+        spread = 0.0
+        if churn > 0 and k + 1 < n:
+            spread = s_noise * math.sqrt(max(sigmas[k + 1] ** 2 - sigmas[k] ** 2, 0.0))
+        want2 = functional.second_order(sigmas[k - 1], interpol[k], sigmas[k], prediction, spread)
+        assert calls.coefficients(functional.SECOND, k) == want2
+        assert calls.lane(functional.SECOND).scales[k] == math.sqrt(interpol[k] * interpol[k] + 1.0)
+        assert calls.noise(k) == (churn > 0 and k + 1 < n)
+    rows = np.asarray(calls.table)
+    assert calls.live == tuple(tuple(bool((rows[o, :, i] != 0).any()) for i in range(6)) for o in (0, 1))
+
+
+@given(host_tables(), st.sampled_from(functional.PREDICTION_TYPES), st.sampled_from([0.0, 0.7]))
+def test_sum_codes_and_lanes_are_plan_sum(
+    case: tuple[list[float], list[float], int], prediction: str, churn: float
+) -> None:
+    """A call's code is its ``plan_step`` structure; the lanes mark exactly the ``TWO_TERMS`` calls
+    (epsilon prediction, no churn noise), where ``step`` makes two ``torch.add`` and no plan."""
+    sigmas, interpol, n = case
+    calls = functional.call_tables(sigmas, interpol, n, prediction, churn)
+    for order in (functional.FIRST, functional.SECOND):
+        lane = calls.lane(order)
+        for k in range(1 if order == functional.SECOND else 0, n):
+            c = calls.coefficients(order, k)
+            second = order == functional.SECOND
+            prev, x0 = functional.plan_step(c, second, second and calls.noise(k))
+            kind = int(calls.kinds[order, k])
+            if not (second and calls.noise(k)) and not (second and c.noise):
+                assert kind >> 7 == functional.code_of(prev), (order, k, c)
+            assert kind & 127 == functional.code_of(x0), (order, k, c)
+            if second and calls.noise(k):
+                continue  # a churned call is never the two-term one (step checks the noise first)
+            two = bool(lane.model[k]) and bool(lane.x0_model[k])
+            assert two == (kind == functional.TWO_TERMS[order] and prediction == "epsilon"), (order, k, c)
+
+
+@given(st.lists(st.sampled_from([0.0, 1.0, 0.5, -2.0]), min_size=2, max_size=4))
+def test_run_coded_is_run_sum_of_plan_sum(coefficients: list[float]) -> None:
+    """``run_coded`` on the code of ``plan_sum``'s plan gives ``run_sum``'s tensor bit for bit."""
+    g = torch.Generator().manual_seed(len(coefficients))
+    inputs = tuple(torch.randn(5, generator=g) for _ in range(4))
+    plan = functional.plan_sum([(c, i) for i, c in enumerate(coefficients)])
+    code = functional.code_of(plan)
+    padded = tuple(coefficients) + (0.0,) * (4 - len(coefficients))
+    got = functional.run_coded(code, padded, inputs, inputs[0])
+    assert torch.equal(got, functional.run_sum(plan, inputs, inputs[0]))
+
+
+@given(st.lists(st.sampled_from([3.0, 2.0, 1.0]), min_size=1, max_size=10))
+def test_step_start_index_prefers_step_starts(values: list[float]) -> None:
+    """``step_start_index``: the first even position of each value, else its first position."""
+    index = lookup.step_start_index(values)
+    for v in set(values):
+        positions = [i for i, w in enumerate(values) if w == v]
+        assert index[v] == next((i for i in positions if i % 2 == 0), positions[0])

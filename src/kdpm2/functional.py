@@ -208,7 +208,9 @@ def code_of(plan: Sum | None) -> int:
     return mask | plan.first << 4 | (plan.scale == 1.0) << 6
 
 
-def run_coded(code: int, coefficients: tuple[float, ...], inputs: tuple[torch.Tensor | None, ...], like: torch.Tensor) -> torch.Tensor:
+def run_coded(
+    code: int, coefficients: tuple[float, ...], inputs: tuple[torch.Tensor | None, ...], like: torch.Tensor
+) -> torch.Tensor:
     """``run_sum`` of the plan that a sum code describes, with ``coefficients`` by input index."""
     structure = SUM_STRUCTURES[code]
     if structure is None:

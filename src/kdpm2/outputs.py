@@ -121,10 +121,11 @@ class RawStepOutput(BaseOutput):
     constructor's object for half its cost.
     """
 
-    __slots__ = ("prev_sample", "pred_original_sample")
-    __setitem__ = OrderedDict.__setitem__  # type: ignore[assignment]
+    __slots__ = ("pred_original_sample", "prev_sample")  # CPython sorts slots: the order is the output's
+    __setitem__ = OrderedDict.__setitem__
     __setattr__ = object.__setattr__  # type: ignore[assignment]
-
+    prev_sample: torch.Tensor
+    pred_original_sample: torch.Tensor
 
 
 def step_output(prev_sample: torch.Tensor, pred_original_sample: torch.Tensor) -> KDPM2DiscreteSchedulerOutput:

@@ -224,7 +224,7 @@ class KDPM2DiscreteScheduler(ConfigMixin):
         a = self.alphas_cumprod
         cached = self.__dict__.get("_log_sigmas_cache")
         if cached is not None and cached[0] is a and cached[1] == a._version:
-            return cached[2]  # type: ignore[no-any-return]
+            return cached[2]
         value = _log_sigmas(a)
         self._log_sigmas_cache = (a, a._version, value)
         return value
@@ -362,7 +362,7 @@ class KDPM2DiscreteScheduler(ConfigMixin):
         self.sigmas_interpol = device_interpol
         self.log_sigmas = device_log_sigmas
         self._device_sigmas: dict[tuple[torch.device, torch.dtype], torch.Tensor] = {}
-        self._noise_sigma: tuple[float, torch.dtype | None, torch.Tensor | None] = (math.nan, None, None)
+        self._noise_sigma: tuple[float, Any, Any] = (math.nan, None, None)
         self.sample: torch.Tensor | None = None
         self._stored_shape: torch.Size | None = None
         self._stored_dtype: torch.dtype | None = None
@@ -397,7 +397,7 @@ class KDPM2DiscreteScheduler(ConfigMixin):
     @property
     def _index_values(self) -> list[float]:
         """Each call's timestep as the schedule's dtype holds it (host floats)."""
-        return self._times.tolist()  # type: ignore[no-any-return]
+        return self._times.tolist()
 
     @property
     def _index_values_list(self) -> list[float]:
@@ -546,24 +546,29 @@ class KDPM2DiscreteScheduler(ConfigMixin):
         """
         k = self._step_index
         # the common call inline, as in step: the index known, the timestep call k's view
+        placed = k is None  # the loop's first call: placed by the begin index or the timestep's view
         try:
+            fast = self._step_counter is None and not _dynamo_compiling() and not _compiler._is_compiling_flag
+            if fast and placed:
+                k = self._first_index(timestep)
             fast = (
-                self._step_counter is None
-                and not _dynamo_compiling()
-                and not _compiler._is_compiling_flag
-                and ((placed := k is None) is False or (k := self._first_index(timestep)) is not None)
+                fast
+                and k is not None
                 and type(sample) is _TENSOR
                 and sample.dtype in _STEP_DTYPES
                 and sample.layout is _STRIDED
                 and not sample.is_nested
                 and k < self._n_calls
-                and (placed or (type(timestep) is _TENSOR and timestep.data_ptr() == self._time_base + k * self._time_item))
+                and (
+                    placed
+                    or (type(timestep) is _TENSOR and timestep.data_ptr() == self._time_base + k * self._time_item)
+                )
             )
         except RuntimeError:  # a tensor without storage (functorch) has no address
             fast = False
-        if fast:
+        if fast and k is not None:
             order = 0 if self.sample is None else 1
-            scaled = sample / self._calls.lanes[order].scales[k]  # type: ignore[union-attr]
+            scaled = sample / self._calls.lanes[order].scales[k]
             self._step_index = k
             return scaled
         validation.tensor("sample", sample)
@@ -656,7 +661,7 @@ class KDPM2DiscreteScheduler(ConfigMixin):
                 values = [lookup.as_float(v, self._time_dtype) for v in timestep.detach().reshape(-1)]
                 if all(v == self._times[k] for v in values):
                     return
-                value: float = next(v for v in values if v != self._times[k])
+                value: float | None = next(v for v in values if v != self._times[k])
             else:
                 value = lookup.as_float(timestep, self._time_dtype)
         else:
@@ -745,12 +750,14 @@ class KDPM2DiscreteScheduler(ConfigMixin):
         # timestep the view of call k that iterating scheduler.timesteps yields (one address compare).
         # A loop's first call takes the begin index (its timestep is not read, as in diffusers) or
         # the position of its timestep's view.
+        placed = k is None
         try:
+            fast = self._step_counter is None and not _dynamo_compiling() and not _compiler._is_compiling_flag
+            if fast and placed:
+                k = self._first_index(timestep)
             fast = (
-                self._step_counter is None
-                and not _dynamo_compiling()
-                and not _compiler._is_compiling_flag
-                and ((placed := k is None) is False or (k := self._first_index(timestep)) is not None)
+                fast
+                and k is not None
                 and type(sample) is _TENSOR
                 and type(model_output) is _TENSOR
                 and generator is None
@@ -765,15 +772,18 @@ class KDPM2DiscreteScheduler(ConfigMixin):
                 and (stored is None or (shape == self._stored_shape and dtype is self._stored_dtype))
                 and self._internal_dict is self._calls_config
                 and k < self._n_calls
-                and (placed or (type(timestep) is _TENSOR and timestep.data_ptr() == self._time_base + k * self._time_item))
+                and (
+                    placed
+                    or (type(timestep) is _TENSOR and timestep.data_ptr() == self._time_base + k * self._time_item)
+                )
             )
         except RuntimeError:
             fast = False
         calls = self._calls
-        if not fast or (stored is not None and calls.churn):
+        if not fast or k is None or (stored is not None and calls.churn):
             return self._step_general(model_output, timestep, sample, return_dict, generator)
         if stored is None:
-            model, x0_model, _ = calls.lanes[0]  # type: ignore[misc]
+            model, x0_model, _ = calls.lanes[0]
             alpha, beta = model[k], x0_model[k]
             if alpha and beta:  # the common call (Lane.model)
                 prev_sample = torch.add(sample, model_output, alpha=alpha)
@@ -786,7 +796,7 @@ class KDPM2DiscreteScheduler(ConfigMixin):
             else:  # the last call keeps nothing: its sample would hold the loop's autograd graph
                 self._ended_first = True
         else:
-            model, x0_model, _ = calls.lanes[1]  # type: ignore[misc]
+            model, x0_model, _ = calls.lanes[1]
             alpha, beta = model[k], x0_model[k]
             if alpha and beta:
                 prev_sample = torch.add(stored, model_output, alpha=alpha)
@@ -1052,7 +1062,7 @@ def _round_float32(value: Any) -> float | None:
     if type(value) is not float and type(value) is not int:
         return None
     try:
-        return _FLOAT32.unpack(_FLOAT32.pack(value))[0]  # type: ignore[no-any-return]
+        return _FLOAT32.unpack(_FLOAT32.pack(value))[0]
     except (OverflowError, struct.error):
         return None
 
