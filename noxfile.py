@@ -78,7 +78,9 @@ def wheel(session: nox.Session) -> None:
     bare = venv("without-spec", str(wheel_file))
     message = outside(bare, *gate, codes=(2,)).strip()
     assert len(message.splitlines()) == 1, f"exit 2 must come with one line, not:\n{message}"
-    assert "hypothesis" in message and "kdpm2[spec]" in message, f"the line must name the package and the extra: {message}"
+    assert "hypothesis" in message and "kdpm2[spec]" in message, (
+        f"the line must name the package and the extra: {message}"
+    )
     print(message)
 
 

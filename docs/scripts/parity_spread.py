@@ -85,16 +85,35 @@ MKL_SETTINGS: list[tuple[str, bool, str | None]] = [
 """(label, Intel branches reachable, ``MKL_CBWR``)."""
 
 ATEN = ("default", "avx2", "avx512")
-CONTROLS = ("MKL_CBWR", "ATEN_CPU_CAPABILITY", "LD_PRELOAD", "MKL_ENABLE_INSTRUCTIONS", "OMP_NUM_THREADS")
+CONTROLS = (
+    "MKL_CBWR",
+    "ATEN_CPU_CAPABILITY",
+    "LD_PRELOAD",
+    "MKL_ENABLE_INSTRUCTIONS",
+    "OMP_NUM_THREADS",
+)
 """Inherited settings that would change the code path: each subprocess gets only its own."""
 THREADS = (1, 2)
 RECORDING_PATH = "as-is / aten avx512 / 1 thread"
 """The code path of the AMD EPYC machine comfyui.json and a1111.json were recorded on."""
 
-COMFYUI_RULES = {"normal": "normal", "karras": "karras", "exponential": "exponential", "simple": "simple"}
+COMFYUI_RULES = {
+    "normal": "normal",
+    "karras": "karras",
+    "exponential": "exponential",
+    "simple": "simple",
+}
 COMFYUI_RULES["sgm_uniform"] = "sgm_uniform"
-A1111_RULES = {"Uniform": "normal", "Karras": "karras", "Exponential": "exponential"}
-A1111_PRESETS = {"Uniform": "a1111/uniform", "Karras": "a1111/karras", "Exponential": "a1111/exponential"}
+A1111_RULES = {
+    "Uniform": "normal",
+    "Karras": "karras",
+    "Exponential": "exponential",
+}
+A1111_PRESETS = {
+    "Uniform": "a1111/uniform",
+    "Karras": "a1111/karras",
+    "Exponential": "a1111/exponential",
+}
 
 
 # -- one code path (runs in a subprocess) -------------------------------------------------------
@@ -119,24 +138,48 @@ def ours(frontend: str, cases: list[dict[str, Any]]) -> dict[str, Any]:
 
     sd = {"num_train_timesteps": 1000, "beta_start": 0.00085, "beta_end": 0.012}
     table = presets.training_table(f"{frontend}/karras", sd)
-    out: dict[str, Any] = {"train_sigmas": f32(table.sigmas), "train_log_sigmas": f32(table.log_sigmas), "cases": []}
+    out: dict[str, Any] = {
+        "train_sigmas": f32(table.sigmas),
+        "train_log_sigmas": f32(table.log_sigmas),
+        "cases": [],
+    }
     one = torch.ones(1, dtype=torch.float64)
     schedulers: dict[str, KDPM2DiscreteScheduler] = {}
     for case in cases:
-        preset = f"comfyui/{case['scheduler']}" if frontend == "comfyui" else A1111_PRESETS[case["scheduler"]]
-        if preset not in schedulers:  # one per preset: the constructor's own set_timesteps(1000) costs
+        preset = (
+            f"comfyui/{case['scheduler']}"
+            if frontend == "comfyui"
+            else A1111_PRESETS[case["scheduler"]]
+        )
+        if (
+            preset not in schedulers
+        ):  # one per preset: the constructor's own set_timesteps(1000) costs
             schedulers[preset] = KDPM2DiscreteScheduler.from_preset(preset)
         scheduler = schedulers[preset]
         scheduler.set_timesteps(case["steps"])
-        sigmas, interpol = scheduler.sigmas.tolist(), scheduler.sigmas_interpol.tolist()
+        sigmas, interpol = (
+            scheduler.sigmas.tolist(),
+            scheduler.sigmas_interpol.tolist(),
+        )
         calls, sample = [], one
         for k, t in enumerate(scheduler.timesteps):
             c_in = float(scheduler.scale_model_input(one, t))
-            calls.append([sigmas[k] if k % 2 == 0 else interpol[k], float(t), c_in, 1.0 / c_in])
-            sample = scheduler.step(torch.zeros_like(sample), t, sample).prev_sample
+            calls.append(
+                [
+                    sigmas[k] if k % 2 == 0 else interpol[k],
+                    float(t),
+                    c_in,
+                    1.0 / c_in,
+                ]
+            )
+            sample = scheduler.step(
+                torch.zeros_like(sample), t, sample
+            ).prev_sample
         out["cases"].append(
             {
-                "sigmas": f32(scheduler.sigmas[0 : 2 * case["steps"] : 2].tolist() + [0.0]),
+                "sigmas": f32(
+                    [*scheduler.sigmas[0 : 2 * case["steps"] : 2].tolist(), 0.0]
+                ),
                 "calls": [[f32(s), t, f32(c), f32(d)] for s, t, c, d in calls],
                 "init_noise_scale": f32(float(scheduler.init_noise_sigma)),
             }
@@ -148,7 +191,9 @@ def comfyui_table() -> tuple[Any, Any]:
     """ComfyUI's ``ModelSamplingDiscrete`` for LDM's linear betas: float64 torch, then float32 sigma and log."""
     import torch
 
-    betas = torch.linspace(0.00085**0.5, 0.012**0.5, 1000, dtype=torch.float64) ** 2
+    betas = (
+        torch.linspace(0.00085**0.5, 0.012**0.5, 1000, dtype=torch.float64) ** 2
+    )
     cumulative = torch.cumprod(1.0 - betas, dim=0)
     sigmas = ((1 - cumulative) / cumulative) ** 0.5
     return sigmas.float(), sigmas.log().float()
@@ -172,7 +217,9 @@ class ComfyUI:
 
         t = torch.clamp(t.float(), min=0, max=len(self.sigmas) - 1)
         w = t.frac()
-        log_sigma = (1 - w) * self.log_sigmas[t.floor().long()] + w * self.log_sigmas[t.ceil().long()]
+        log_sigma = (1 - w) * self.log_sigmas[
+            t.floor().long()
+        ] + w * self.log_sigmas[t.ceil().long()]
         return log_sigma.exp()
 
     def schedule(self, rule: str, steps: int) -> Any:
@@ -188,14 +235,26 @@ class ComfyUI:
                 timesteps = torch.linspace(start, end, count + 1)[:-1]
             else:
                 timesteps = torch.linspace(start, end, count)
-            sigmas = torch.FloatTensor([float(self.sigma(t)) for t in timesteps] + [0.0])
+            sigmas = torch.FloatTensor(
+                [float(self.sigma(t)) for t in timesteps] + [0.0]
+            )
         elif rule == "simple":
             stride = len(self.sigmas) / count
-            sigmas = torch.FloatTensor([float(self.sigmas[-(1 + int(x * stride))]) for x in range(count)] + [0.0])
+            sigmas = torch.FloatTensor(
+                [
+                    float(self.sigmas[-(1 + int(x * stride))])
+                    for x in range(count)
+                ]
+                + [0.0]
+            )
         elif rule == "karras":
-            sigmas = sampling.get_sigmas_karras(count, float(self.sigmas[0]), float(self.sigmas[-1]))
+            sigmas = sampling.get_sigmas_karras(
+                count, float(self.sigmas[0]), float(self.sigmas[-1])
+            )
         else:
-            sigmas = sampling.get_sigmas_exponential(count, float(self.sigmas[0]), float(self.sigmas[-1]))
+            sigmas = sampling.get_sigmas_exponential(
+                count, float(self.sigmas[0]), float(self.sigmas[-1])
+            )
         return torch.cat([sigmas[:-2], sigmas[-1:]])
 
     def noise_scale(self, sigmas: Any) -> Any:
@@ -224,15 +283,23 @@ class A1111:
         from k_diffusion import external
 
         # LDM: betas from a float64 torch linspace, cumprod in NumPy, stored as float32
-        betas = (torch.linspace(0.00085**0.5, 0.012**0.5, 1000, dtype=torch.float64) ** 2).numpy()
+        betas = (
+            torch.linspace(0.00085**0.5, 0.012**0.5, 1000, dtype=torch.float64)
+            ** 2
+        ).numpy()
         inner = torch.nn.Module()
-        inner.register_buffer("alphas_cumprod", torch.tensor(np.cumprod(1.0 - betas, axis=0), dtype=torch.float32))
+        inner.register_buffer(
+            "alphas_cumprod",
+            torch.tensor(np.cumprod(1.0 - betas, axis=0), dtype=torch.float32),
+        )
         self.seen: list[Any] = []
 
         def apply_model(x_in: Any, t: Any) -> Any:
             self.seen.append(t.clone())
             if standin:  # the stand-in UNet of the ancestral figures
-                return x_in * 0.5 + t.view((-1,) + (1,) * (x_in.ndim - 1)) * 2**-13
+                return (
+                    x_in * 0.5 + t.view((-1,) + (1,) * (x_in.ndim - 1)) * 2**-13
+                )
             return torch.zeros_like(x_in)
 
         inner.apply_model = apply_model
@@ -262,36 +329,66 @@ def upstream_dpm2(frontend: str, cases: list[dict[str, Any]]) -> dict[str, Any]:
     out: dict[str, Any] = {"cases": []}
     if frontend == "comfyui":
         comfy = ComfyUI()
-        out["train_sigmas"], out["train_log_sigmas"] = f32(comfy.sigmas), f32(comfy.log_sigmas)
+        out["train_sigmas"], out["train_log_sigmas"] = (
+            f32(comfy.sigmas),
+            f32(comfy.log_sigmas),
+        )
     else:
         a1111 = A1111()
-        out["train_sigmas"], out["train_log_sigmas"] = f32(a1111.model.sigmas), f32(a1111.model.log_sigmas)
+        out["train_sigmas"], out["train_log_sigmas"] = (
+            f32(a1111.model.sigmas),
+            f32(a1111.model.log_sigmas),
+        )
     for case in cases:
         calls: list[list[float]] = []
         if frontend == "comfyui":
-            sigmas = comfy.schedule(COMFYUI_RULES[case["scheduler"]], case["steps"])
+            sigmas = comfy.schedule(
+                COMFYUI_RULES[case["scheduler"]], case["steps"]
+            )
             init = comfy.noise_scale(sigmas)
 
-            def denoiser(x: Any, sigma: Any) -> Any:
+            def denoiser(
+                x: Any, sigma: Any, calls: list[list[float]] = calls
+            ) -> Any:
                 _, t, divisor, log_sigma = comfy.inputs(x, sigma)
-                calls.append([f32(sigma[0]), float(t[0]), f32(1 / divisor[0]), f32(divisor[0]), f32(log_sigma[0])])
+                calls.append(
+                    [
+                        f32(sigma[0]),
+                        float(t[0]),
+                        f32(1 / divisor[0]),
+                        f32(divisor[0]),
+                        f32(log_sigma[0]),
+                    ]
+                )
                 return x
 
             x = torch.zeros(1, 4)
         else:  # classifier-free guidance runs the wrapper on a batch of two
-            sigmas = a1111.schedule(A1111_RULES[case["scheduler"]], case["steps"])
+            sigmas = a1111.schedule(
+                A1111_RULES[case["scheduler"]], case["steps"]
+            )
             init = sigmas[0]
 
-            def denoiser(x: Any, sigma: Any) -> Any:
+            def denoiser(
+                x: Any, sigma: Any, calls: list[list[float]] = calls
+            ) -> Any:
                 a1111.seen.clear()
                 denoised = a1111.model(x, sigma)
                 c_in = a1111.model.get_scalings(sigma)[1]
-                calls.append([f32(sigma[0]), f32(a1111.seen[0][0]), f32(c_in[0])])
+                calls.append(
+                    [f32(sigma[0]), f32(a1111.seen[0][0]), f32(c_in[0])]
+                )
                 return denoised
 
             x = torch.zeros(2, 4)
         sampling.sample_dpm_2(denoiser, x, sigmas, disable=True)
-        out["cases"].append({"sigmas": f32(sigmas), "calls": calls, "init_noise_scale": f32(init)})
+        out["cases"].append(
+            {
+                "sigmas": f32(sigmas),
+                "calls": calls,
+                "init_noise_scale": f32(init),
+            }
+        )
     return out
 
 
@@ -301,8 +398,13 @@ def upstream_ancestral(figures: dict[str, Any]) -> list[dict[str, Any]]:
     from k_diffusion import sampling
 
     shape = figures["latent_shape"]
-    initial = torch.tensor(figures["noise"]["initial"], dtype=torch.float32).view(shape)
-    draws = [torch.tensor(d, dtype=torch.float32).view(shape) for d in figures["noise"]["ancestral"]]
+    initial = torch.tensor(
+        figures["noise"]["initial"], dtype=torch.float32
+    ).view(shape)
+    draws = [
+        torch.tensor(d, dtype=torch.float32).view(shape)
+        for d in figures["noise"]["ancestral"]
+    ]
     comfy, a1111 = ComfyUI(), A1111(standin=True)
     original_step = sampling.get_ancestral_step
     out = []
@@ -311,7 +413,12 @@ def upstream_ancestral(figures: dict[str, Any]) -> list[dict[str, Any]]:
         steps: list[list[float]] = []
         supply = iter(draws)
 
-        def recording_step(sigma_from: Any, sigma_to: Any, eta: float = 1.0) -> Any:
+        def recording_step(
+            sigma_from: Any,
+            sigma_to: Any,
+            eta: float = 1.0,
+            steps: list[Any] = steps,
+        ) -> Any:
             down, up = original_step(sigma_from, sigma_to, eta=eta)
             steps.append([f32(down), f32(up)])
             return down, up
@@ -320,17 +427,24 @@ def upstream_ancestral(figures: dict[str, Any]) -> list[dict[str, Any]]:
             sigmas = comfy.schedule(case["scheduler"], case["steps"])
             scale = comfy.noise_scale(sigmas)
 
-            def model(x: Any, sigma: Any) -> Any:
+            def model(
+                x: Any, sigma: Any, calls: list[list[float]] = calls
+            ) -> Any:
                 x_in, t, _, log_sigma = comfy.inputs(x, sigma)
                 calls.append([f32(sigma[0]), float(t[0]), f32(log_sigma[0])])
                 eps = x_in * 0.5 + t.view(-1, 1, 1, 1) * 2**-13
                 return x - eps * sigma.view(-1, 1, 1, 1)
 
         else:
-            sigmas = a1111.schedule({"uniform": "normal", "karras": "karras"}[case["scheduler"]], case["steps"])
+            sigmas = a1111.schedule(
+                {"uniform": "normal", "karras": "karras"}[case["scheduler"]],
+                case["steps"],
+            )
             scale = sigmas[0]
 
-            def model(x: Any, sigma: Any) -> Any:
+            def model(
+                x: Any, sigma: Any, calls: list[list[float]] = calls
+            ) -> Any:
                 a1111.seen.clear()
                 denoised = a1111.model(x, sigma)
                 calls.append([f32(sigma[0]), f32(a1111.seen[0][0])])
@@ -339,7 +453,11 @@ def upstream_ancestral(figures: dict[str, Any]) -> list[dict[str, Any]]:
         sampling.get_ancestral_step = recording_step
         try:
             final = sampling.sample_dpm_2_ancestral(
-                model, initial * scale, sigmas, disable=True, noise_sampler=lambda _s, _t: next(supply)
+                model,
+                initial * scale,
+                sigmas,
+                disable=True,
+                noise_sampler=lambda _s, _t, supply=supply: next(supply),
             )
         finally:
             sampling.get_ancestral_step = original_step
@@ -364,16 +482,23 @@ def worker(result_path: str) -> None:
     import torch
 
     torch.set_num_threads(int(os.environ["KDPM2_SPREAD_THREADS"]))
-    with torch.backends.mkl.verbose(torch.backends.mkl.VERBOSE_ON):  # prints oneMKL's branch to stdout
+    with torch.backends.mkl.verbose(
+        torch.backends.mkl.VERBOSE_ON
+    ):  # prints oneMKL's branch to stdout
         torch.mm(torch.ones(2, 2), torch.ones(2, 2))
     sys.stdout.flush()
-    comfyui, a1111, ancestral = (hp.figures(name) for name in ("comfyui", "a1111", "ancestral"))
+    comfyui, a1111, ancestral = (
+        hp.figures(name) for name in ("comfyui", "a1111", "ancestral")
+    )
     probe = torch.tensor([14.614641189575195])
     result = {
         "aten": torch.backends.cpu.get_cpu_capability(),
         "threads": torch.get_num_threads(),
         "probe_sqrt": float(torch.sqrt(1 + probe**2)[0]),
-        "ours": {"comfyui": ours("comfyui", comfyui["cases"]), "a1111": ours("a1111", a1111["cases"])},
+        "ours": {
+            "comfyui": ours("comfyui", comfyui["cases"]),
+            "a1111": ours("a1111", a1111["cases"]),
+        },
         "upstream": {
             "comfyui": upstream_dpm2("comfyui", comfyui["cases"]),
             "a1111": upstream_dpm2("a1111", a1111["cases"]),
@@ -393,14 +518,28 @@ def intel_shim(folder: Path) -> Path | None:
         return None
     source, library = folder / "intel_shim.c", folder / "intel_shim.so"
     source.write_text(SHIM, encoding="utf-8")
-    subprocess.run([compiler, "-shared", "-fPIC", "-O2", "-o", str(library), str(source)], check=True)
+    subprocess.run(
+        [compiler, "-shared", "-fPIC", "-O2", "-o", str(library), str(source)],
+        check=True,
+    )
     return library
 
 
 def cpu_capabilities() -> list[str]:
     """The ``ATEN_CPU_CAPABILITY`` values this CPU can run (lower case)."""
-    flags = Path("/proc/cpuinfo").read_text(encoding="utf-8") if Path("/proc/cpuinfo").exists() else ""
-    have = {"default": True, "avx2": " avx2 " in flags, "avx512": all(f" {f} " in flags for f in ("avx512f", "avx512bw", "avx512vl", "avx512dq"))}
+    flags = (
+        Path("/proc/cpuinfo").read_text(encoding="utf-8")
+        if Path("/proc/cpuinfo").exists()
+        else ""
+    )
+    have = {
+        "default": True,
+        "avx2": " avx2 " in flags,
+        "avx512": all(
+            f" {f} " in flags
+            for f in ("avx512f", "avx512bw", "avx512vl", "avx512dq")
+        ),
+    }
     return [a for a in ATEN if have[a]]
 
 
@@ -416,17 +555,34 @@ def run_path(label: str, env: dict[str, str], folder: Path) -> dict[str, Any]:
     result = folder / (re.sub(r"[^A-Za-z0-9]+", "_", label) + ".json")
     completed = subprocess.run(
         [sys.executable, __file__, "--worker", str(result)],
-        env={**{k: v for k, v in os.environ.items() if k not in CONTROLS}, **env},
+        env={
+            **{k: v for k, v in os.environ.items() if k not in CONTROLS},
+            **env,
+        },
         capture_output=True,
         text=True,
         check=False,
     )
     if completed.returncode != 0:
-        raise RuntimeError(f"code path {label!r} failed:\n{completed.stderr[-3000:]}")
-    header = next((line for line in completed.stdout.splitlines() if line.startswith("MKL_VERBOSE oneMKL")), "")
-    match = re.search(r"architecture (.*?)(?: enabled processors|,| with support)", header)
+        raise RuntimeError(
+            f"code path {label!r} failed:\n{completed.stderr[-3000:]}"
+        )
+    header = next(
+        (
+            line
+            for line in completed.stdout.splitlines()
+            if line.startswith("MKL_VERBOSE oneMKL")
+        ),
+        "",
+    )
+    match = re.search(
+        r"architecture (.*?)(?: enabled processors|,| with support)", header
+    )
     data = json.loads(result.read_text(encoding="utf-8"))
-    data["label"], data["mkl_branch"] = label, match.group(1) if match else "unknown"
+    data["label"], data["mkl_branch"] = (
+        label,
+        match.group(1) if match else "unknown",
+    )
     result.write_text(json.dumps(data), encoding="utf-8")
     return data
 
@@ -434,15 +590,27 @@ def run_path(label: str, env: dict[str, str], folder: Path) -> dict[str, Any]:
 def code_paths(shim: Path | None) -> list[tuple[str, dict[str, str]]]:
     """(label, environment) for every combination this machine can run."""
     paths = []
-    for (mkl, intel, cbwr), aten, threads in itertools.product(MKL_SETTINGS, cpu_capabilities(), THREADS):
-        if (intel and shim is None) or (threads > 1 and cbwr):  # two threads: with each CPU's default branch
+    for (mkl, intel, cbwr), aten, threads in itertools.product(
+        MKL_SETTINGS, cpu_capabilities(), THREADS
+    ):
+        if (intel and shim is None) or (
+            threads > 1 and cbwr
+        ):  # two threads: with each CPU's default branch
             continue
-        env = {"ATEN_CPU_CAPABILITY": aten, "KDPM2_SPREAD_THREADS": str(threads)}
+        env = {
+            "ATEN_CPU_CAPABILITY": aten,
+            "KDPM2_SPREAD_THREADS": str(threads),
+        }
         if intel:
             env["LD_PRELOAD"] = str(shim)
         if cbwr:
             env["MKL_CBWR"] = cbwr
-        paths.append((f"{mkl} / aten {aten} / {threads} thread{'s' if threads > 1 else ''}", env))
+        paths.append(
+            (
+                f"{mkl} / aten {aten} / {threads} thread{'s' if threads > 1 else ''}",
+                env,
+            )
+        )
     return paths
 
 
@@ -453,7 +621,9 @@ Getter = Callable[[dict[str, Any]], Arrays]
 
 
 def column(j: int, every: slice = slice(None)) -> Getter:
-    return lambda data: [[call[j] for call in case["calls"][every]] for case in data["cases"]]
+    return lambda data: [
+        [call[j] for call in case["calls"][every]] for case in data["cases"]
+    ]
 
 
 def whole(key: str) -> Getter:
@@ -461,24 +631,42 @@ def whole(key: str) -> Getter:
 
 
 def per_case(key: str) -> Getter:
-    return lambda data: [case[key] if isinstance(case[key], list) else [case[key]] for case in data["cases"]]
+    return lambda data: [
+        case[key] if isinstance(case[key], list) else [case[key]]
+        for case in data["cases"]
+    ]
 
 
 DPM2_FIELDS: dict[str, tuple[str, Getter, Getter]] = {
     # name: (unit, recorded getter, computed getter); computed = ours or upstream, same layout
     "train_sigmas": ("ulp", whole("train_sigmas"), whole("train_sigmas")),
-    "train_log_sigmas": ("scaled", whole("train_log_sigmas"), whole("train_log_sigmas")),
+    "train_log_sigmas": (
+        "scaled",
+        whole("train_log_sigmas"),
+        whole("train_log_sigmas"),
+    ),
     "sigmas": ("ulp", per_case("sigmas"), per_case("sigmas")),
-    "midpoints": ("ulp", column(0, slice(1, None, 2)), column(0, slice(1, None, 2))),
+    "midpoints": (
+        "ulp",
+        column(0, slice(1, None, 2)),
+        column(0, slice(1, None, 2)),
+    ),
     "c_in": ("ulp", column(2), column(2)),
-    "init_noise_scale": ("ulp", per_case("init_noise_scale"), per_case("init_noise_scale")),
+    "init_noise_scale": (
+        "ulp",
+        per_case("init_noise_scale"),
+        per_case("init_noise_scale"),
+    ),
 }
 COMFYUI_ONLY = {"c_in_divisors": ("ulp", per_case("c_in_divisors"), column(3))}
 A1111_ONLY = {"timestep": ("ulp", column(1), column(1))}
 
 
 def detail(j: int) -> Getter:
-    return lambda data: [[step[j] for step in case["steps_detail"] if step[j] is not None] for case in data["cases"]]
+    return lambda data: [
+        [step[j] for step in case["steps_detail"] if step[j] is not None]
+        for case in data["cases"]
+    ]
 
 
 def computed_detail(key: str) -> Getter:
@@ -487,12 +675,20 @@ def computed_detail(key: str) -> Getter:
 
 ANCESTRAL_FIELDS: dict[str, tuple[str, Getter, Getter]] = {
     "sigmas": ("ulp", per_case("sigmas"), per_case("sigmas")),
-    "init_noise_scale": ("ulp", per_case("init_noise_scale"), per_case("init_noise_scale")),
+    "init_noise_scale": (
+        "ulp",
+        per_case("init_noise_scale"),
+        per_case("init_noise_scale"),
+    ),
     "call_sigma": ("ulp", column(0), column(0)),
     "sigma_down": ("ulp", detail(2), computed_detail("sigma_down")),
     "sigma_up": ("ulp", detail(3), computed_detail("sigma_up")),
     "sigma_mid": ("ulp", detail(4), computed_detail("sigma_mid")),
-    "final_latent": ("scaled", per_case("final_latent"), per_case("final_latent")),
+    "final_latent": (
+        "scaled",
+        per_case("final_latent"),
+        per_case("final_latent"),
+    ),
 }
 
 
@@ -505,9 +701,20 @@ def spread_of(unit: str, runs: list[list[float]], recorded: list[float]) -> int:
     import numpy as np
 
     if unit == "scaled":
-        values = np.asarray(runs, dtype=np.float64).astype(np.float32).astype(np.float64)
-        scale = float(np.spacing(np.float32(np.abs(np.asarray(recorded)).max()))) if recorded else 1.0
-        return math.ceil(float((values.max(axis=0) - values.min(axis=0)).max(initial=0.0)) / scale)
+        values = (
+            np.asarray(runs, dtype=np.float64)
+            .astype(np.float32)
+            .astype(np.float64)
+        )
+        scale = (
+            float(np.spacing(np.float32(np.abs(np.asarray(recorded)).max())))
+            if recorded
+            else 1.0
+        )
+        return math.ceil(
+            float((values.max(axis=0) - values.min(axis=0)).max(initial=0.0))
+            / scale
+        )
     ordinals = np.stack([hp.ordinal(run) for run in runs])
     return int((ordinals.max(axis=0) - ordinals.min(axis=0)).max(initial=0))
 
@@ -533,7 +740,9 @@ def summarise_field(
         row: dict[str, int] = {}
         for who, computed in runs.items():
             row[who] = 0
-            for rule, got, want in zip(rules, computed[p], recorded, strict=True):
+            for rule, got, want in zip(
+                rules, computed[p], recorded, strict=True
+            ):
                 worst = distance(unit, got, want)
                 row[who] = max(row[who], worst)
                 cell = by_rule.setdefault(rule, {}).setdefault(path["aten"], {})
@@ -542,13 +751,16 @@ def summarise_field(
             cell[who] = max(cell.get(who, 0), row[who])
         if "ours" in runs:
             pairs = zip(runs["ours"][p], runs["upstream"][p], strict=True)
-            row["ours_vs_upstream"] = max(distance(unit, a, b) for a, b in pairs)
+            row["ours_vs_upstream"] = max(
+                distance(unit, a, b) for a, b in pairs
+            )
         rows.append(row)
     upstream = runs["upstream"]
     out: dict[str, Any] = {"unit": unit}
     out.update({key: max(row[key] for row in rows) for key in rows[0]})
     out["upstream_spread"] = max(
-        spread_of(unit, [run[i] for run in upstream], recorded[i]) for i in range(len(recorded))
+        spread_of(unit, [run[i] for run in upstream], recorded[i])
+        for i in range(len(recorded))
     )
     out["by_aten"] = by_aten
     out["by_rule"] = by_rule
@@ -579,17 +791,28 @@ def tie_summary(
         for case_logs, case_sigmas in zip(logs[p], sigmas, strict=True):
             for value, sigma in zip(case_logs, case_sigmas, strict=True):
                 gap = abs(value - math.log(sigma))
-                log_spread[path["aten"]] = max(log_spread.get(path["aten"], 0.0), gap)
+                log_spread[path["aten"]] = max(
+                    log_spread.get(path["aten"], 0.0), gap
+                )
     widest = max(log_spread.values())
     margins = [
-        [hp.tie_margin(s, log_table, int(t)) for s, t in zip(case_sigmas, case_t, strict=True)]
+        [
+            hp.tie_margin(s, log_table, int(t))
+            for s, t in zip(case_sigmas, case_t, strict=True)
+        ]
         for case_sigmas, case_t in zip(sigmas, timesteps, strict=True)
     ]
-    out: dict[str, Any] = {"unit": "integer", "log_spread": widest, "log_spread_by_aten": log_spread}
+    out: dict[str, Any] = {
+        "unit": "integer",
+        "log_spread": widest,
+        "log_spread_by_aten": log_spread,
+    }
     for who, computed in runs.items():
         flips: dict[tuple[int, int], dict[str, Any]] = {}
         for p in range(len(paths)):
-            for i, (got, want) in enumerate(zip(computed[p], timesteps, strict=True)):
+            for i, (got, want) in enumerate(
+                zip(computed[p], timesteps, strict=True)
+            ):
                 for k, (a, b) in enumerate(zip(got, want, strict=True)):
                     if a != b:
                         other, margin = margins[i][k]
@@ -608,17 +831,29 @@ def tie_summary(
                         )
                         flip["paths"].append(p)
         out[who] = list(flips.values())
-        out[f"{who}_max_margin"] = max((f["margin"] for f in flips.values()), default=0.0)
+        out[f"{who}_max_margin"] = max(
+            (f["margin"] for f in flips.values()), default=0.0
+        )
     out["calls"] = sum(len(case) for case in margins)
-    out["calls_within_log_spread"] = sum(m <= widest for case in margins for _, m in case)
+    out["calls_within_log_spread"] = sum(
+        m <= widest for case in margins for _, m in case
+    )
     return out
 
 
-def dpm2_summary(frontend: str, runs: list[dict[str, Any]], paths: list[dict[str, Any]]) -> dict[str, Any]:
+def dpm2_summary(
+    frontend: str, runs: list[dict[str, Any]], paths: list[dict[str, Any]]
+) -> dict[str, Any]:
     recorded = hp.figures(frontend)
     rules = [case["scheduler"] for case in recorded["cases"]]
-    computed = {who: [run[who][frontend] for run in runs] for who in ("ours", "upstream")}
-    fields = {**DPM2_FIELDS, **(COMFYUI_ONLY if frontend == "comfyui" else A1111_ONLY)}
+    computed = {
+        who: [run[who][frontend] for run in runs]
+        for who in ("ours", "upstream")
+    }
+    fields = {
+        **DPM2_FIELDS,
+        **(COMFYUI_ONLY if frontend == "comfyui" else A1111_ONLY),
+    }
     out = {}
     for name, (unit, from_recorded, from_run) in fields.items():
         want = from_recorded(recorded)
@@ -626,7 +861,10 @@ def dpm2_summary(frontend: str, runs: list[dict[str, Any]], paths: list[dict[str
             unit,
             want,
             rules if len(want) == len(rules) else ["table"],
-            {who: [from_run(data) for data in datas] for who, datas in computed.items()},
+            {
+                who: [from_run(data) for data in datas]
+                for who, datas in computed.items()
+            },
             paths,
         )
     if frontend == "comfyui":
@@ -634,26 +872,43 @@ def dpm2_summary(frontend: str, runs: list[dict[str, Any]], paths: list[dict[str
             recorded,
             recorded["train_log_sigmas"],
             rules,
-            {who: [column(1)(data) for data in datas] for who, datas in computed.items()},
+            {
+                who: [column(1)(data) for data in datas]
+                for who, datas in computed.items()
+            },
             [column(4)(data) for data in computed["upstream"]],
             paths,
         )
     return out
 
 
-def ancestral_summary(frontend: str, runs: list[dict[str, Any]], paths: list[dict[str, Any]]) -> dict[str, Any]:
+def ancestral_summary(
+    frontend: str, runs: list[dict[str, Any]], paths: list[dict[str, Any]]
+) -> dict[str, Any]:
     figures = hp.figures("ancestral")
-    chosen = [i for i, case in enumerate(figures["cases"]) if case["frontend"] == frontend]
+    chosen = [
+        i
+        for i, case in enumerate(figures["cases"])
+        if case["frontend"] == frontend
+    ]
     recorded = {"cases": [figures["cases"][i] for i in chosen]}
     rules = [case["scheduler"] for case in recorded["cases"]]
-    upstream = [{"cases": [run["ancestral"][i] for i in chosen]} for run in runs]
+    upstream = [
+        {"cases": [run["ancestral"][i] for i in chosen]} for run in runs
+    ]
     fields = dict(ANCESTRAL_FIELDS)
     if frontend == "a1111":
         fields["timestep"] = ("ulp", column(1), column(1))
     out = {}
     for name, (unit, from_recorded, from_run) in fields.items():
         want = from_recorded(recorded)
-        out[name] = summarise_field(unit, want, rules, {"upstream": [from_run(data) for data in upstream]}, paths)
+        out[name] = summarise_field(
+            unit,
+            want,
+            rules,
+            {"upstream": [from_run(data) for data in upstream]},
+            paths,
+        )
     if frontend == "comfyui":
         out["timestep"] = tie_summary(
             recorded,
@@ -672,7 +927,9 @@ def reproduces(section: dict[str, Any], p: int) -> bool:
         if field["unit"] == "integer":
             if any(p in flip["paths"] for flip in field["upstream"]):
                 return False
-        elif field["by_path"][p][field["by_path_columns"].index("upstream")] != 0:
+        elif (
+            field["by_path"][p][field["by_path_columns"].index("upstream")] != 0
+        ):
             return False
     return True
 
@@ -684,8 +941,14 @@ def threads_change_nothing(runs: list[dict[str, Any]]) -> bool:
     def values(run: dict[str, Any]) -> Any:
         return {key: run[key] for key in ("ours", "upstream", "ancestral")}
 
-    pairs = [(label, label.replace("2 threads", "1 thread")) for label in measured if label.endswith("2 threads")]
-    return bool(pairs) and all(values(measured[a]) == values(measured[b]) for a, b in pairs)
+    pairs = [
+        (label, label.replace("2 threads", "1 thread"))
+        for label in measured
+        if label.endswith("2 threads")
+    ]
+    return bool(pairs) and all(
+        values(measured[a]) == values(measured[b]) for a, b in pairs
+    )
 
 
 def summarise(runs: list[dict[str, Any]]) -> dict[str, Any]:
@@ -702,19 +965,25 @@ def summarise(runs: list[dict[str, Any]]) -> dict[str, Any]:
         for run in runs
     ]
     dpm2 = {fe: dpm2_summary(fe, runs, paths) for fe in ("comfyui", "a1111")}
-    ancestral = {fe: ancestral_summary(fe, runs, paths) for fe in ("comfyui", "a1111")}
+    ancestral = {
+        fe: ancestral_summary(fe, runs, paths) for fe in ("comfyui", "a1111")
+    }
     for p, path in enumerate(paths):
         path["reproduces"] = {
             "comfyui": reproduces(dpm2["comfyui"], p),
             "a1111": reproduces(dpm2["a1111"], p),
-            "ancestral": reproduces(ancestral["comfyui"], p) and reproduces(ancestral["a1111"], p),
+            "ancestral": reproduces(ancestral["comfyui"], p)
+            and reproduces(ancestral["a1111"], p),
         }
     return {
         "measured": {
             "date": datetime.date.today().isoformat(),
             "machine": f"{cpu_name()} ({platform.machine()}, {os.cpu_count()} CPUs)",
             "torch": torch.__version__,
-            "mkl": torch.backends.mkl.is_available() and torch.__config__.show().split("Math Kernel Library Version ")[1].split("-")[0],
+            "mkl": torch.backends.mkl.is_available()
+            and torch.__config__.show()
+            .split("Math Kernel Library Version ")[1]
+            .split("-")[0],
             "command": "PYTHONPATH=src:spec:tests python docs/scripts/parity_spread.py",
             "figures": "tests/parity/{comfyui,a1111,ancestral}.json",
             "threads_change_nothing": threads_change_nothing(runs),
@@ -763,13 +1032,25 @@ def worst(by_aten: dict[str, dict[str, Any]], who: str) -> str:
     return text if slow == fast else f"{text} ({slow} without AVX2)"
 
 
-def flips_cell(field: dict[str, Any], rule: str | None, paths: list[dict[str, Any]]) -> str:
+def flips_cell(
+    field: dict[str, Any], rule: str | None, paths: list[dict[str, Any]]
+) -> str:
     """ComfyUI's integer timesteps: equal, or which calls move by one on which oneMKL branch."""
-    flips = [f for f in field["ours" if "ours" in field else "upstream"] if rule is None or f["rule"] == rule]
+    flips = [
+        f
+        for f in field["ours" if "ours" in field else "upstream"]
+        if rule is None or f["rule"] == rule
+    ]
     if not flips:
         return "equal"
     moves = sorted({(f["recorded"], f["got"]) for f in flips})
-    branches = sorted({short_branch(paths[p]["mkl_branch"]) for f in flips for p in f["paths"]})
+    branches = sorted(
+        {
+            short_branch(paths[p]["mkl_branch"])
+            for f in flips
+            for p in f["paths"]
+        }
+    )
     change = ", ".join(f"{a} to {b}" for a, b in moves)
     return f"equal but {len(flips)} calls: {change} on oneMKL's {', '.join(branches)} branch"
 
@@ -787,21 +1068,32 @@ def render_presets(spread: dict[str, Any]) -> str:
     ]
     for preset, (frontend, rule) in PRESET_RULES.items():
         fields = spread["dpm2"][frontend]
-        cells = [worst(fields[name]["by_rule"][rule], "ours") for name in ("sigmas", "midpoints")]
+        cells = [
+            worst(fields[name]["by_rule"][rule], "ours")
+            for name in ("sigmas", "midpoints")
+        ]
         timestep = fields["timestep"]
         if timestep["unit"] == "integer":
             cells.append(flips_cell(timestep, rule, spread["paths"]))
         else:
             cells.append(worst(timestep["by_rule"][rule], "ours"))
-        cells += [worst(fields[name]["by_rule"][rule], "ours") for name in ("c_in", "init_noise_scale")]
+        cells += [
+            worst(fields[name]["by_rule"][rule], "ours")
+            for name in ("c_in", "init_noise_scale")
+        ]
         rows.append(f"| `{preset}` | " + " | ".join(cells) + " |")
     return "\n".join(rows)
 
 
 def render_fields(spread: dict[str, Any], section: str, who: str) -> str:
     columns = list(spread[section])
-    rows = ["| Figure | " + " | ".join(COLUMN_NAMES[c] for c in columns) + " |", "|---|" + "---|" * len(columns)]
-    names = [n for n in FIELD_NAMES if any(n in spread[section][c] for c in columns)]
+    rows = [
+        "| Figure | " + " | ".join(COLUMN_NAMES[c] for c in columns) + " |",
+        "|---|" + "---|" * len(columns),
+    ]
+    names = [
+        n for n in FIELD_NAMES if any(n in spread[section][c] for c in columns)
+    ]
     for name in names:
         cells = []
         for c in columns:
@@ -809,9 +1101,15 @@ def render_fields(spread: dict[str, Any], section: str, who: str) -> str:
             if field is None:
                 cells.append("")
             elif field["unit"] == "integer":
-                cells.append(flips_cell(field, None, spread["paths"]) + tie_note(field))
+                cells.append(
+                    flips_cell(field, None, spread["paths"]) + tie_note(field)
+                )
             else:
-                unit = " (ulps of the largest entry)" if field["unit"] == "scaled" and field[who] else ""
+                unit = (
+                    " (ulps of the largest entry)"
+                    if field["unit"] == "scaled" and field[who]
+                    else ""
+                )
                 cells.append(worst(field["by_aten"], who) + unit)
         label, where = FIELD_NAMES[name]
         rows.append(f"| {label} ({where}) | " + " | ".join(cells) + " |")
@@ -846,13 +1144,20 @@ def render_paths(spread: dict[str, Any]) -> str:
 
         def ours(frontend: str, name: str, p: int = p) -> int:
             field = dpm2[frontend][name]
-            return int(field["by_path"][p][field["by_path_columns"].index("ours")])
+            return int(
+                field["by_path"][p][field["by_path_columns"].index("ours")]
+            )
 
         def pair(name: str) -> str:
             return f"{ours('comfyui', name)} / {ours('a1111', name)}"
 
-        moved = sum(p in flip["paths"] for flip in dpm2["comfyui"]["timestep"]["ours"])
-        latents = max(ancestral[f]["final_latent"]["by_path"][p][0] for f in ("comfyui", "a1111"))
+        moved = sum(
+            p in flip["paths"] for flip in dpm2["comfyui"]["timestep"]["ours"]
+        )
+        latents = max(
+            ancestral[f]["final_latent"]["by_path"][p][0]
+            for f in ("comfyui", "a1111")
+        )
         same = [name for name, yes in path["reproduces"].items() if yes]
         setting = path["label"].split(" / ")[0]
         branch = short_branch(path["mkl_branch"])
@@ -878,22 +1183,45 @@ def render(text: str, spread: dict[str, Any]) -> str:
         "spread-paths": render_paths(spread),
     }
     for name, block in blocks.items():
-        pattern = re.compile(rf"(<!-- generated: {name} -->\n).*?(<!-- end generated -->)", re.S)
+        pattern = re.compile(
+            rf"(<!-- generated: {name} -->\n).*?(<!-- end generated -->)", re.S
+        )
         if not pattern.search(text):
-            raise ValueError(f"docs/parity.md has no <!-- generated: {name} --> block")
-        text = pattern.sub(lambda m, block=block: m.group(1) + block + "\n" + m.group(2), text)
+            raise ValueError(
+                f"docs/parity.md has no <!-- generated: {name} --> block"
+            )
+        text = pattern.sub(
+            lambda m, block=block: m.group(1) + block + "\n" + m.group(2), text
+        )
     return text
 
 
 def main(argv: Iterable[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--render", action="store_true", help="only rewrite docs/parity.md from the JSON")
-    parser.add_argument("--keep", type=Path, help="keep each code path's raw measurements in this folder")
-    parser.add_argument("--from-raw", type=Path, help="summarise the raw measurements a --keep run left here")
+    parser.add_argument(
+        "--render",
+        action="store_true",
+        help="only rewrite docs/parity.md from the JSON",
+    )
+    parser.add_argument(
+        "--keep",
+        type=Path,
+        help="keep each code path's raw measurements in this folder",
+    )
+    parser.add_argument(
+        "--from-raw",
+        type=Path,
+        help="summarise the raw measurements a --keep run left here",
+    )
     args = parser.parse_args(list(argv) if argv is not None else None)
     if args.from_raw:
-        runs = [json.loads(f.read_text(encoding="utf-8")) for f in sorted(args.from_raw.glob("*.json"))]
-        order = {label: n for n, (label, _) in enumerate(code_paths(Path("shim")))}
+        runs = [
+            json.loads(f.read_text(encoding="utf-8"))
+            for f in sorted(args.from_raw.glob("*.json"))
+        ]
+        order = {
+            label: n for n, (label, _) in enumerate(code_paths(Path("shim")))
+        }
         runs.sort(key=lambda run: order[run["label"]])
         write(summarise(runs))
     elif not args.render:
@@ -903,10 +1231,14 @@ def main(argv: Iterable[str] | None = None) -> int:
             paths = code_paths(intel_shim(Path(tmp)))
             runs = []
             for n, (label, env) in enumerate(paths, 1):
-                print(f"[{n}/{len(paths)}] {label}", file=sys.stderr, flush=True)
+                print(
+                    f"[{n}/{len(paths)}] {label}", file=sys.stderr, flush=True
+                )
                 runs.append(run_path(label, env, folder))
         write(summarise(runs))
-    PAGE.write_text(render(PAGE.read_text(encoding="utf-8"), hp.spread()), encoding="utf-8")
+    PAGE.write_text(
+        render(PAGE.read_text(encoding="utf-8"), hp.spread()), encoding="utf-8"
+    )
     return 0
 
 
