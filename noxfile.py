@@ -35,7 +35,7 @@ def wheel(session: nox.Session) -> None:
 
     Two fresh virtual environments get torch and the wheel, nothing from the repository: one
     with the ``spec`` extra (and pytest, the plugin's host), where ``python -m kdpm2_spec check
-    kdpm2:KDPM2DiscreteScheduler --profile ci`` and ``pytest --kdpm2-target`` in an empty folder
+    kdpm2:KDPM2DiscreteScheduler --profile ci`` and ``pytest --kdpm2-target ... --kdpm2-profile ci`` in an empty folder
     outside the checkout must pass and leave that folder empty; one without the extra, where
     the check must exit 2 with one line naming the missing package and ``kdpm2[spec]``. The
     sdist must carry the parity figures (``tests/parity``). Everything lives in a temporary
@@ -83,7 +83,8 @@ def _check_wheel(session: nox.Session, root: Path) -> None:
     gate = ("-m", "kdpm2_spec", "check", target, "--profile", "ci")
     python = venv("with-spec", f"{wheel_file}[spec]", "pytest>=8")
     session.log(outside(python, *gate))
-    session.log(outside(python, "-m", "pytest", "-p", "no:cacheprovider", "--kdpm2-target", target))
+    plugin = ("-m", "pytest", "-p", "no:cacheprovider", "--kdpm2-target", target, "--kdpm2-profile", "ci")
+    session.log(outside(python, *plugin))
 
     bare = venv("without-spec", str(wheel_file))
     message = outside(bare, *gate, codes=(2,)).strip()
