@@ -4,6 +4,10 @@ from __future__ import annotations
 
 import os
 import shutil
+import subprocess
+import tempfile
+import zipfile
+from pathlib import Path
 
 import nox
 
@@ -23,6 +27,70 @@ def tests(session: nox.Session) -> None:
     """Run the CPU test suite (CUDA tests skip without a GPU)."""
     session.install(*TORCH, ".", *group("test"))
     session.run("pytest", *session.posargs, env={"HYPOTHESIS_PROFILE": session.env.get("HYPOTHESIS_PROFILE", "ci")})
+
+
+@nox.session(default=False)
+def wheel(session: nox.Session) -> None:
+    """Build the wheel and sdist, install the wheel as a user would, and run the gate from outside the checkout.
+
+    Two fresh virtual environments get torch and the wheel, nothing from the repository: one
+    with the ``spec`` extra (and pytest, the plugin's host), where ``python -m kdpm2_spec check
+    kdpm2:KDPM2DiscreteScheduler --profile ci`` and ``pytest --kdpm2-target ... --kdpm2-profile ci`` in an empty folder
+    outside the checkout must pass and leave that folder empty; one without the extra, where
+    the check must exit 2 with one line naming the missing package and ``kdpm2[spec]``. The
+    sdist must carry the parity figures (``tests/parity``). Everything lives in a temporary
+    folder, removed afterwards.
+    """
+    session.install("build")
+    root = Path(tempfile.mkdtemp(prefix="kdpm2-wheel-"))  # outside the checkout
+    try:
+        _check_wheel(session, root)
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
+
+
+def _check_wheel(session: nox.Session, root: Path) -> None:
+    dist = root / "dist"
+    session.run("python", "-m", "build", "--outdir", str(dist), ".")
+    wheel_file = next(dist.glob("kdpm2-*.whl"))
+    names = zipfile.ZipFile(wheel_file).namelist()
+    assert "kdpm2_spec/expectations/diffusers-0.42.json" in names, "the wheel lacks the gate's expectations"
+    sdist = next(dist.glob("kdpm2-*.tar.gz"))
+    listing = subprocess.run(["tar", "-tzf", str(sdist)], capture_output=True, text=True, check=True).stdout
+    for figures in ("comfyui", "a1111", "ancestral", "spread", "README"):
+        suffix = ".md" if figures == "README" else ".json"
+        assert f"/tests/parity/{figures}{suffix}" in listing, f"the sdist lacks tests/parity/{figures}{suffix}"
+
+    clean = {"PYTHONPATH": None, "HYPOTHESIS_PROFILE": None}  # nothing from this checkout or its settings
+
+    def venv(name: str, *requirements: str) -> str:
+        path = root / name
+        session.run("python", "-m", "venv", str(path))
+        python = str(path / "bin" / "python")
+        session.run(python, "-m", "pip", "install", "-q", TORCH[0], *requirements, external=True, env=clean)
+        return python
+
+    def outside(python: str, *args: str, codes: tuple[int, ...] = (0,)) -> str:
+        """Run in a new empty folder outside the checkout; stdout and stderr, together."""
+        work = Path(tempfile.mkdtemp(prefix="work-", dir=root))
+        session.chdir(work)
+        output = session.run(python, *args, external=True, env=clean, success_codes=list(codes), silent=True)
+        left = sorted(p.name for p in work.iterdir())
+        assert not left, f"{' '.join(args)} wrote {left} into the working directory"
+        return str(output)
+
+    target = "kdpm2:KDPM2DiscreteScheduler"
+    gate = ("-m", "kdpm2_spec", "check", target, "--profile", "ci")
+    python = venv("with-spec", f"{wheel_file}[spec]", "pytest>=8")
+    session.log(outside(python, *gate))
+    plugin = ("-m", "pytest", "-p", "no:cacheprovider", "--kdpm2-target", target, "--kdpm2-profile", "ci")
+    session.log(outside(python, *plugin))
+
+    bare = venv("without-spec", str(wheel_file))
+    message = outside(bare, *gate, codes=(2,)).strip()
+    assert len(message.splitlines()) == 1, f"exit 2 must come with one line, not:\n{message}"
+    assert "hypothesis" in message and "kdpm2[spec]" in message, f"name the package and the extra: {message}"
+    session.log(message)
 
 
 @nox.session
