@@ -1,6 +1,6 @@
 """Every measured number on the site agrees with the committed result file it names.
 
-``docs/scripts/numbers.py`` fills the numbers written between ``<!-- n: ... -->`` markers from
+``docs/scripts/site_numbers.py`` fills the numbers written between ``<!-- n: ... -->`` markers from
 ``bench/results/*.json``; ``bench/report.py`` writes the benchmark pages from the run they name.
 These tests fail when a page and its source disagree, when a page quotes a time or a speed-up
 outside a marker, and when the checker itself would miss a wrong number.
@@ -28,7 +28,7 @@ def load(name: str, path: Path):
     return module
 
 
-numbers = load("numbers", ROOT / "docs" / "scripts" / "numbers.py")
+numbers = load("site_numbers", ROOT / "docs" / "scripts" / "site_numbers.py")
 
 MEASURED = re.compile(r"(?<![\w.])\d+(?:\.\d+)?\s?(?:ms|us|µs|seconds?)\b|(?<![\w.])\d+(?:\.\d+)?x(?![\w])")
 """A time or a speed-up in prose: ``12.5 ms``, ``40 us``, ``26x`` (not a shape such as ``1x4x64x64``)."""
@@ -53,7 +53,7 @@ def test_the_pages_have_marked_numbers() -> None:
     """The home page's and the README's performance claims are marked (so they are checked)."""
     for page in ("docs/index.md", "README.md"):
         text = (ROOT / page).read_text(encoding="utf-8")
-        kinds = {m["spec"].split("|")[0].strip() for m in numbers.markers(text)}
+        kinds = {m["spec"].split(";")[0].strip() for m in numbers.markers(text)}
         assert {"median", "ratio", "run"} <= kinds, (page, kinds)
 
 
@@ -65,7 +65,7 @@ def test_no_time_or_speedup_outside_a_marker() -> None:
             continue
         for m in MEASURED.finditer(prose(path.read_text(encoding="utf-8"))):
             found.append(f"{name}: {m.group()!r}")
-    assert found == [], "write these as <!-- n: ... --> markers (docs/scripts/numbers.py):\n" + "\n".join(found)
+    assert found == [], "write these as <!-- n: ... --> markers (docs/scripts/site_numbers.py):\n" + "\n".join(found)
 
 
 def test_benchmark_pages_are_the_report_of_the_run_they_name() -> None:
@@ -83,23 +83,27 @@ def test_checker_reports_a_wrong_number_and_a_missing_source(tmp_path: Path) -> 
     run = json.loads((numbers.RESULTS / "cpu-1thread.json").read_text())
     ours = numbers.per_call("cpu-1thread", "set_timesteps cpu 1000", "kdpm2")
     theirs = numbers.per_call("cpu-1thread", "set_timesteps cpu 1000", "diffusers")
-    b = next(b for b in run["benchmarks"] if b["group"] == "set_timesteps cpu 1000" and b["extra_info"]["impl"] == "kdpm2")
+    b = next(
+        b for b in run["benchmarks"] if b["group"] == "set_timesteps cpu 1000" and b["extra_info"]["impl"] == "kdpm2"
+    )
     assert ours == b["stats"]["median"] / b["extra_info"]["calls_per_round"]
-    right = numbers.render("median | cpu-1thread | set_timesteps cpu 1000 | kdpm2 | ms")
+    right = numbers.render("median ; cpu-1thread ; set_timesteps cpu 1000 ; kdpm2 ; ms")
     assert right == f"{ours * 1e3:.3g} ms"
-    assert numbers.render("ratio | cpu-1thread | set_timesteps cpu 1000 | diffusers") == f"{theirs / ours:.0f}x"
+    assert numbers.render("ratio ; cpu-1thread ; set_timesteps cpu 1000 ; diffusers") == f"{theirs / ours:.0f}x"
     page = tmp_path / "page.md"
     page.write_text(
-        "| a | <!-- n: median | cpu-1thread | set_timesteps cpu 1000 | kdpm2 | ms -->9.99 ms<!-- /n --> |\n"
-        f"ok <!-- n: median | cpu-1thread | set_timesteps cpu 1000 | kdpm2 | ms -->{right}<!-- /n -->\n"
-        "<!-- n: run | no-such-run -->x<!-- /n -->\n"
+        "| a | <!-- n: median ; cpu-1thread ; set_timesteps cpu 1000 ; kdpm2 ; ms -->9.99 ms<!-- /n --> |\n"
+        f"ok <!-- n: median ; cpu-1thread ; set_timesteps cpu 1000 ; kdpm2 ; ms -->{right}<!-- /n -->\n"
+        "<!-- n: run ; no-such-run -->x<!-- /n -->\n"
     )
     found = numbers.disagreements([page])
     assert len(found) == 2, found
-    assert found[0].endswith(f":1: '9.99 ms' should be '{right}' (median | cpu-1thread | set_timesteps cpu 1000 | kdpm2 | ms)")
+    assert found[0].endswith(
+        f":1: '9.99 ms' should be '{right}' (median ; cpu-1thread ; set_timesteps cpu 1000 ; kdpm2 ; ms)"
+    )
     assert "no result file bench/results/no-such-run.json" in found[1]
     assert numbers.fill(page.read_text().splitlines()[0]) == (
-        f"| a | <!-- n: median | cpu-1thread | set_timesteps cpu 1000 | kdpm2 | ms -->{right}<!-- /n --> |"
+        f"| a | <!-- n: median ; cpu-1thread ; set_timesteps cpu 1000 ; kdpm2 ; ms -->{right}<!-- /n --> |"
     )
 
 
@@ -111,11 +115,16 @@ def test_run_description_names_date_machine_and_file() -> None:
 
 
 def test_prose_check_sees_times_and_speedups_but_not_shapes() -> None:
-    text = "took 12.5 ms, 40 us and 3 seconds: 26x faster on 1x4x64x64 `2.0x` <!-- n: ratio | a | b | c -->9x<!-- /n -->"
+    text = (
+        "took 12.5 ms, 40 us and 3 seconds: 26x faster on 1x4x64x64 `2.0x` <!-- n: ratio ; a ; b ; c -->9x<!-- /n -->"
+    )
     assert [m.group() for m in MEASURED.finditer(prose(text))] == ["12.5 ms", "40 us", "3 seconds", "26x"]
 
 
-@pytest.mark.parametrize("spec", ["median | cpu-1thread | nope | kdpm2 | ms", "median | cpu-1thread | set_timesteps cpu 25 | kdpm2 | ns", "sum | x"])
+@pytest.mark.parametrize(
+    "spec",
+    ["median ; cpu-1thread ; nope ; kdpm2 ; ms", "median ; cpu-1thread ; set_timesteps cpu 25 ; kdpm2 ; ns", "sum ; x"],
+)
 def test_bad_markers_are_errors_that_say_why(spec: str) -> None:
-    with pytest.raises(ValueError, match=r"no benchmark of 'kdpm2' in group 'nope'|unit 'ns'|unknown number 'sum \| x'"):
+    with pytest.raises(ValueError, match=r"no benchmark of 'kdpm2' in group 'nope'|unit 'ns'|unknown number 'sum ; x'"):
         numbers.render(spec)

@@ -1,23 +1,23 @@
 """Fill every measured number on the site from the committed result files, and check them.
 
-    python docs/scripts/numbers.py           # rewrite the numbers in docs/**/*.md and README.md
-    python docs/scripts/numbers.py --check   # exit 1 listing each number that disagrees
+    python docs/scripts/site_numbers.py           # rewrite the numbers in docs/**/*.md and README.md
+    python docs/scripts/site_numbers.py --check   # exit 1 listing each number that disagrees
 
 A number is written in a page between two HTML comments (invisible on the site) that name its
 source; the text between them is what this script writes:
 
-    <!-- n: median | cpu-home-1thread | set_timesteps cpu 1000 | kdpm2 | ms -->12.1 ms<!-- /n -->
+    <!-- n: median ; cpu-home-1thread ; set_timesteps cpu 1000 ; kdpm2 ; ms -->12.1 ms<!-- /n -->
 
-Fields are separated by ``|``. The kinds:
+Fields are separated by ``;`` (a ``|`` would end a table cell). The kinds:
 
-``median | RUN | GROUP | IMPL | UNIT``
+``median ; RUN ; GROUP ; IMPL ; UNIT``
     the median time of one call of ``IMPL`` in benchmark group ``GROUP`` (a round's median over
     ``extra_info["calls_per_round"]``), in ``s``, ``ms`` or ``us``, three significant digits.
-``ratio | RUN | GROUP | BASELINE``
-    ``BASELINE``'s median over kdpm2's in that group, as ``26x`` (two significant digits).
-``run | RUN``
+``ratio ; RUN ; GROUP ; BASELINE``
+    ``BASELINE``'s median over kdpm2's in that group: ``262x`` from 10 up, else ``2.6x``.
+``run ; RUN``
     when and where ``RUN`` was measured: date, CPU, core count, torch, torch threads.
-``value | FILE | KEY[.KEY...] | FORMAT``
+``value ; FILE ; KEY[.KEY...] ; FORMAT``
     an entry of any committed JSON file, formatted with ``FORMAT`` (``.3g``, ``.2e``, ...).
 
 ``RUN`` is a pytest-benchmark JSON file under ``bench/results/`` named without ``.json``
@@ -42,7 +42,9 @@ from typing import Any
 
 ROOT = Path(__file__).resolve().parents[2]
 RESULTS = ROOT / "bench" / "results"
-MARKER = re.compile(r"<!-- n: (?P<spec>[^>]*?) -->(?P<text>.*?)<!-- /n -->", re.DOTALL)
+MARKER = re.compile(
+    r"<!-- n: (?P<spec>[^>]*?) -->(?P<text>.*?)<!-- /n -->", re.DOTALL
+)
 UNITS = {"s": 1.0, "ms": 1e3, "us": 1e6}
 
 
@@ -54,7 +56,9 @@ def pages(root: Path = ROOT) -> list[Path]:
 @cache
 def _json(path: Path) -> Any:
     if not path.is_file():
-        raise ValueError(f"no result file {path.relative_to(ROOT) if path.is_relative_to(ROOT) else path}")
+        raise ValueError(
+            f"no result file {path.relative_to(ROOT) if path.is_relative_to(ROOT) else path}"
+        )
     return json.loads(path.read_text(encoding="utf-8"))
 
 
@@ -69,7 +73,9 @@ def benchmark(name: str, group: str, impl: str) -> dict[str, Any]:
         if b["group"] == group and b["extra_info"].get("impl") == impl:
             return b
     groups = sorted({b["group"] for b in run(name)["benchmarks"]})
-    raise ValueError(f"run {name!r} has no benchmark of {impl!r} in group {group!r}; its groups: {groups}")
+    raise ValueError(
+        f"run {name!r} has no benchmark of {impl!r} in group {group!r}; its groups: {groups}"
+    )
 
 
 def per_call(name: str, group: str, impl: str) -> float:
@@ -93,9 +99,15 @@ def describe(name: str) -> str:
     cpu = machine.get("cpu", {}).get("brand_raw") or machine.get("machine", "?")
     cores = machine.get("cpu", {}).get("count", "?")
     infos = [b["extra_info"] for b in data["benchmarks"]]
-    torch = sorted({str(i["torch"]).split("+")[0] for i in infos if "torch" in i})
-    threads = sorted({i["torch_threads"] for i in infos if "torch_threads" in i})
-    thread_text = ", ".join(str(t) for t in threads) + (" thread" if threads == [1] else " threads")
+    torch = sorted(
+        {str(i["torch"]).split("+")[0] for i in infos if "torch" in i}
+    )
+    threads = sorted(
+        {i["torch_threads"] for i in infos if "torch_threads" in i}
+    )
+    thread_text = ", ".join(str(t) for t in threads) + (
+        " thread" if threads == [1] else " threads"
+    )
     date = datetime.fromisoformat(data["datetime"]).date().isoformat()
     return f"{date} on {cores}-core {cpu.strip()} (torch {', '.join(torch)}, {thread_text}; `bench/results/{name}.json`)"
 
@@ -110,7 +122,7 @@ def value(path: str, keys: str, form: str) -> str:
 
 def render(spec: str) -> str:
     """The text of the marker whose fields are ``spec``."""
-    kind, *args = (field.strip() for field in spec.split("|"))
+    kind, *args = (field.strip() for field in spec.split(";"))
     if kind == "median" and len(args) == 4:
         name, group, impl, unit = args
         if unit not in UNITS:
@@ -118,12 +130,15 @@ def render(spec: str) -> str:
         return f"{significant(per_call(name, group, impl) * UNITS[unit], 3)} {unit}"
     if kind == "ratio" and len(args) == 3:
         name, group, base = args
-        return f"{significant(per_call(name, group, base) / per_call(name, group, 'kdpm2'), 2)}x"
+        ratio = per_call(name, group, base) / per_call(name, group, "kdpm2")
+        return f"{ratio:.0f}x" if ratio >= 10 else f"{ratio:.1f}x"
     if kind == "run" and len(args) == 1:
         return describe(args[0])
     if kind == "value" and len(args) == 3:
         return value(*args)
-    raise ValueError(f"unknown number {spec!r}: see docs/scripts/numbers.py for the kinds and their fields")
+    raise ValueError(
+        f"unknown number {spec!r}: see docs/scripts/site_numbers.py for the kinds and their fields"
+    )
 
 
 def markers(text: str) -> Iterator[re.Match[str]]:
@@ -132,7 +147,9 @@ def markers(text: str) -> Iterator[re.Match[str]]:
 
 def fill(text: str) -> str:
     """``text`` with every marker's content replaced by its value."""
-    return MARKER.sub(lambda m: f"<!-- n: {m['spec']} -->{render(m['spec'])}<!-- /n -->", text)
+    return MARKER.sub(
+        lambda m: f"<!-- n: {m['spec']} -->{render(m['spec'])}<!-- /n -->", text
+    )
 
 
 def disagreements(paths: list[Path]) -> list[str]:
@@ -149,13 +166,19 @@ def disagreements(paths: list[Path]) -> list[str]:
                 found.append(f"{where}: {m['spec']!r}: {error}")
                 continue
             if m["text"] != wanted:
-                found.append(f"{where}: {m['text']!r} should be {wanted!r} ({m['spec']})")
+                found.append(
+                    f"{where}: {m['text']!r} should be {wanted!r} ({m['spec']})"
+                )
     return found
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--check", action="store_true", help="report disagreements instead of rewriting")
+    parser.add_argument(
+        "--check",
+        action="store_true",
+        help="report disagreements instead of rewriting",
+    )
     args = parser.parse_args()
     if args.check:
         found = disagreements(pages())
