@@ -64,7 +64,8 @@ def download(repo_id: str, filename: str, subfolder: str | None, options: dict[s
             "huggingface_hub: `pip install huggingface_hub`, or pass the path of a directory that holds "
             f"{filename}"
         )
-    from huggingface_hub import constants, errors
+    from huggingface_hub import constants
+    from huggingface_hub import utils as errors  # the error classes, in every version since 0.23
 
     accepted = inspect.signature(hub.hf_hub_download).parameters
     takes_any = any(p.kind is p.VAR_KEYWORD for p in accepted.values())
