@@ -1085,3 +1085,18 @@ def test_k_diffusion_sampler_prints_no_progress_bar(capsys: pytest.CaptureFixtur
     sample(2, _points(4, 0, 10.0))
     captured = capsys.readouterr()
     assert captured.err == "" and captured.out == ""
+
+
+def test_record_holds_the_numbers_of_the_run() -> None:
+    """``record`` is JSON-ready and holds the result's errors, times, distances and fitted order."""
+    import json
+
+    result = _plotted_result()
+    result.seconds = {name: [0.5, 1.0, 2.0] for name in result.errors}
+    data = json.loads(json.dumps(demo.record(result)))  # JSON round trip: plain types only
+    assert data["step_counts"] == [3, 5, 9] and data["calls"] == [5, 9, 17]
+    assert data["errors"] == result.errors and data["seconds"] == result.seconds
+    assert data["from_kdpm2"] == result.from_kdpm2
+    slope = np.polyfit(np.log([3, 5, 9]), np.log(result.errors["kdpm2"]), 1)[0]
+    assert data["order"] == pytest.approx(-slope, rel=1e-12)
+    assert (data["sigma_max"], data["sigma_min"], data["device"]) == (10.0, 0.1, "cpu:test")

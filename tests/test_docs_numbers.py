@@ -128,3 +128,19 @@ def test_prose_check_sees_times_and_speedups_but_not_shapes() -> None:
 def test_bad_markers_are_errors_that_say_why(spec: str) -> None:
     with pytest.raises(ValueError, match=r"no benchmark of 'kdpm2' in group 'nope'|unit 'ns'|unknown number 'sum ; x'"):
         numbers.render(spec)
+
+
+def test_demo_table_is_the_record_row_by_row() -> None:
+    """The home page's demo table: one row per step count, kdpm2's error and the others' distance."""
+    path = ROOT / "docs" / "images" / "demo.json"
+    data = json.loads(path.read_text())
+    lines = numbers.render("demo ; docs/images/demo.json").strip().splitlines()
+    assert lines[0] == "| steps | model calls | kdpm2 error | k-diffusion - kdpm2 | diffusers - kdpm2 |"
+    assert len(lines) == 2 + len(data["step_counts"])
+    for line, steps, calls, error in zip(
+        lines[2:], data["step_counts"], data["calls"], data["errors"]["kdpm2"], strict=True
+    ):
+        cells = [c.strip() for c in line.strip("|").split("|")]
+        assert (int(cells[0]), int(cells[1]), float(cells[2])) == (steps, 2 * steps - 1, float(f"{error:.3e}"))
+        assert calls == 2 * steps - 1
+        assert all(float(c) < 1e-3 * error for c in cells[3:]), "the samplers agree far below the error"

@@ -19,6 +19,12 @@ Fields are separated by ``;`` (a ``|`` would end a table cell). The kinds:
     when and where ``RUN`` was measured: date, CPU, core count, torch, torch threads.
 ``value ; FILE ; KEY[.KEY...] ; FORMAT``
     an entry of any committed JSON file, formatted with ``FORMAT`` (``.3g``, ``.2e``, ...).
+``demo ; FILE``
+    the demo's table from a ``docs/scripts/demo_figure.py`` record: per step count the model
+    calls, kdpm2's error and each other sampler's RMS distance from kdpm2 (a Markdown table:
+    write the marker on its own lines).
+``demo-run ; FILE``
+    when and where that record was made: date, machine, torch, diffusers and k-diffusion.
 
 ``RUN`` is a pytest-benchmark JSON file under ``bench/results/`` named without ``.json``
 (``bench/results/cpu-home-1thread.json`` is ``cpu-home-1thread``); ``FILE`` is a path from the
@@ -120,6 +126,27 @@ def value(path: str, keys: str, form: str) -> str:
     return format(data, form)
 
 
+def demo_table(data: dict[str, Any]) -> str:
+    """The demo record as a Markdown table, between blank lines so that it stands alone."""
+    others = list(data["from_kdpm2"])
+    head = [
+        "steps",
+        "model calls",
+        "kdpm2 error",
+        *(f"{name} - kdpm2" for name in others),
+    ]
+    rows = ["| " + " | ".join(head) + " |", "|" + "---:|" * len(head)]
+    for i, steps in enumerate(data["step_counts"]):
+        cells = [
+            str(steps),
+            str(data["calls"][i]),
+            f"{data['errors']['kdpm2'][i]:.3e}",
+        ]
+        cells += [f"{data['from_kdpm2'][name][i]:.1e}" for name in others]
+        rows.append("| " + " | ".join(cells) + " |")
+    return "\n\n" + "\n".join(rows) + "\n\n"
+
+
 def render(spec: str) -> str:
     """The text of the marker whose fields are ``spec``."""
     kind, *args = (field.strip() for field in spec.split(";"))
@@ -136,6 +163,18 @@ def render(spec: str) -> str:
         return describe(args[0])
     if kind == "value" and len(args) == 3:
         return value(*args)
+    if kind == "demo" and len(args) == 1:
+        return demo_table(_json(ROOT / args[0]))
+    if kind == "demo-run" and len(args) == 1:
+        data = _json(ROOT / args[0])
+        versions = ", ".join(
+            f"{k} {v}"
+            for k, v in data["versions"].items()
+            if v and k != "numpy"
+        )
+        return (
+            f"{data['date']} on a {data['machine']} ({versions}; `{args[0]}`)"
+        )
     raise ValueError(
         f"unknown number {spec!r}: see docs/scripts/site_numbers.py for the kinds and their fields"
     )

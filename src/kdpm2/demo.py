@@ -294,6 +294,28 @@ def run(
     return result
 
 
+def record(result: Result) -> dict[str, Any]:
+    """The numbers of a run as JSON-ready data: what the docs' tables are generated from.
+
+    Step counts and model calls, and per sampler its errors, its seconds per loop and (for the
+    others) its RMS distance from kdpm2; the fitted order, the reference's accuracy, the device
+    and the Karras sigma range.
+    """
+    return {
+        "step_counts": list(result.step_counts),
+        "calls": [result.calls(steps) for steps in result.step_counts],
+        "errors": {name: list(values) for name, values in result.errors.items()},
+        "seconds": {name: list(values) for name, values in result.seconds.items()},
+        "from_kdpm2": {name: list(values) for name, values in result.from_kdpm2.items()},
+        "order": result.order() if len(result.step_counts) >= 2 else None,
+        "reference_accuracy": result.reference_accuracy,
+        "device": result.device,
+        "sigma_max": result.sigma_max,
+        "sigma_min": result.sigma_min,
+        "missing": list(result.missing),
+    }
+
+
 def choose_device(device: str | None) -> str:
     """``device``, checked; by default CUDA when present, else the CPU."""
     if device is None:
