@@ -40,7 +40,9 @@ def version(name: str) -> str | None:
 def processor() -> str:
     """The CPU's model name (``/proc/cpuinfo`` on Linux), else what ``platform`` says."""
     try:
-        for line in Path("/proc/cpuinfo").read_text(encoding="utf-8").splitlines():
+        for line in (
+            Path("/proc/cpuinfo").read_text(encoding="utf-8").splitlines()
+        ):
             if line.startswith("model name"):
                 return line.split(":", 1)[1].strip()
     except OSError:
