@@ -49,6 +49,16 @@ def test_every_marked_number_agrees_with_its_source() -> None:
     assert numbers.disagreements(numbers.pages()) == []
 
 
+def test_inline_markers_do_not_start_a_line() -> None:
+    """A marker at the start of a line opens an HTML block in Markdown and splits its paragraph."""
+    found = []
+    for path in numbers.pages():
+        for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+            if line.lstrip().startswith("<!-- n: ") and not line.lstrip().startswith("<!-- n: demo ;"):
+                found.append(f"{path.relative_to(ROOT)}:{number}")
+    assert found == []
+
+
 def test_the_pages_have_marked_numbers() -> None:
     """The home page's and the README's performance claims are marked (so they are checked)."""
     for page in ("docs/index.md", "README.md"):
