@@ -13,7 +13,10 @@ import sys
 import xml.etree.ElementTree as ET
 from pathlib import Path
 
-import tomllib
+try:
+    import tomllib
+except ModuleNotFoundError:  # Python 3.10: tomli, which pytest itself needs there
+    import tomli as tomllib
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -6,5 +6,6 @@ specification it is tested against ships as ``kdpm2_spec``.
 
 from kdpm2.scheduler import KDPM2DiscreteScheduler, KDPM2DiscreteSchedulerOutput
 
-__version__ = "0.1.0"
+__version__ = "0.2.0.dev0"
+"""The package version, the one source: pyproject.toml reads it, docs/changelog.md has its section."""
 __all__ = ["KDPM2DiscreteScheduler", "KDPM2DiscreteSchedulerOutput", "__version__"]
