@@ -97,8 +97,8 @@ class AncestralReference(Reference):
         eta: float = 1.0,
         s_noise: float = 1.0,
     ) -> None:
-        assert eta >= 0 and s_noise >= 0, (eta, s_noise)
         schedule = {k: v for k, v in locals().items() if k not in ("self", "__class__", "eta", "s_noise")}
+        assert eta >= 0 and s_noise >= 0, (eta, s_noise)
         self._main = Reference(**schedule)  # the DPM2 reference builds the main schedule
         self.config: dict[str, Any] = {**schedule, "eta": eta, "s_noise": s_noise}
         self.betas, self.alphas_cumprod = self._main.betas, self._main.alphas_cumprod
