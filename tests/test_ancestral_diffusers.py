@@ -84,7 +84,9 @@ def scaled_loop(scheduler: Any, n: int, x: torch.Tensor, generator: Any) -> tupl
     """The final sample of a pipeline's loop, and the largest sample magnitude on the way (float32 errors scale with it)."""
     scheduler.set_timesteps(n)
     timesteps = scheduler.timesteps
-    if bool((timesteps == timesteps[0]).sum() > 1):  # a repeated first timestep: start at call 0 (see kdpm2_spec.invariants)
+    if bool(
+        (timesteps == timesteps[0]).sum() > 1
+    ):  # a repeated first timestep: start at call 0 (see kdpm2_spec.invariants)
         scheduler.set_begin_index(0)
     sample = x * scheduler.init_noise_sigma
     scale = float(sample.abs().max())

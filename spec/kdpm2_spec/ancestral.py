@@ -41,16 +41,16 @@ from kdpm2_spec.reference import Reference, StepOutput, denoise
 def ancestral_step(sigma: float, sigma_next: float, eta: float = 1.0) -> tuple[float, float]:
     """``(sigma_down, sigma_up)`` of a step, k-diffusion's ``get_ancestral_step`` in float64.
 
-    With ``r = sigma_next / sigma`` the same values are written ``sigma_up = min(sigma_next, eta
-    sigma_next sqrt((1 - r)(1 + r)))`` and ``sigma_down = sigma_next sqrt((1 - eta)(1 + eta) +
-    (eta r)^2)``, which takes no difference of nearly equal squares: at ``eta = 1``,
-    ``sigma_down = sigma_next^2 / sigma`` to the last bit. Where the clamp binds, ``sigma_down``
-    is 0.
+    The same values are written ``sigma_up = min(sigma_next, eta sigma_next sqrt((sigma -
+    sigma_next)(sigma + sigma_next)) / sigma)`` and ``sigma_down = sigma_next sqrt((1 - eta)(1 +
+    eta) + (eta r)^2)`` with ``r = sigma_next / sigma``, which round no difference of nearly equal
+    numbers: at ``eta = 1``, ``sigma_down = sigma_next^2 / sigma`` to the last bits. Where the
+    clamp binds, ``sigma_down`` is 0.
     """
     if eta == 0:
         return sigma_next, 0.0
     r = sigma_next / sigma
-    sigma_up = min(sigma_next, eta * sigma_next * math.sqrt((1 - r) * (1 + r)))
+    sigma_up = min(sigma_next, eta * sigma_next * math.sqrt((sigma - sigma_next) * (sigma + sigma_next)) / sigma)
     if not sigma_up < sigma_next:
         return 0.0, sigma_next
     return sigma_next * math.sqrt(max((1 - eta) * (1 + eta) + (eta * r) ** 2, 0.0)), sigma_up

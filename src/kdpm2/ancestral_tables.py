@@ -45,17 +45,18 @@ class Split(NamedTuple):
 def split(sigmas: torch.Tensor, eta: float) -> Split:
     """``sigma_down``, ``sigma_up`` and the midpoint of each step of ``sigmas`` (float64, final value included).
 
-    With ``r = s_{i+1} / s_i``: ``sigma_up = min(s_{i+1}, eta s_{i+1} sqrt((1 - r)(1 + r)))`` and,
-    where the clamp does not bind, ``sigma_down = s_{i+1} sqrt((1 - eta)(1 + eta) + (eta r)^2)``,
-    which is k-diffusion's ``sqrt(s_{i+1}^2 - sigma_up^2)`` without its cancellation (at
-    ``eta = 1`` it is exactly ``s_{i+1}^2 / s_i``). Where the clamp binds ``sigma_down`` is 0.
+    ``sigma_up = min(s_{i+1}, eta s_{i+1} sqrt((s_i - s_{i+1})(s_i + s_{i+1})) / s_i)`` and, where
+    the clamp does not bind, ``sigma_down = s_{i+1} sqrt((1 - eta)(1 + eta) + (eta r)^2)`` with
+    ``r = s_{i+1} / s_i``: k-diffusion's expressions rearranged so that no difference of nearly
+    equal numbers is rounded (at ``eta = 1``, ``sigma_down`` is ``s_{i+1} r = s_{i+1}^2 / s_i``).
+    Where the clamp binds ``sigma_down`` is 0.
     """
     s, following = sigmas[:-1].to(F64), sigmas[1:].to(F64)
     if eta == 0:  # k-diffusion: no noise, DPM-Solver-2 to the next sigma
         down, up = following.clone(), torch.zeros_like(following)
     else:
         r = following / s
-        up = torch.minimum(following, eta * following * ((1 - r) * (1 + r)).sqrt())
+        up = torch.minimum(following, eta * following * ((s - following) * (s + following)).sqrt() / s)
         radicand = ((1 - eta) * (1 + eta) + (eta * r) ** 2).clamp(min=0)
         down = torch.where(up < following, following * radicand.sqrt(), torch.zeros_like(following))
     return Split(down, up, (s * down).sqrt())

@@ -65,10 +65,8 @@ def upstream_run(case: dict[str, Any], noise: dict[str, Any], shape: list[int]) 
     model.log_sigmas = log_t.clone()
     n = case["steps"]
     lo, hi = float(sigmas_t[0]), float(sigmas_t[-1])
-    if case["scheduler"] == "karras":
-        sigmas = sampling.get_sigmas_karras(n + 1, lo, hi)
-    else:
-        sigmas = model.get_sigmas(n + 1)
+    karras = case["scheduler"] == "karras"
+    sigmas = sampling.get_sigmas_karras(n + 1, lo, hi) if karras else model.get_sigmas(n + 1)
     sigmas = torch.cat([sigmas[:-2], sigmas[-1:]])  # the next-to-last sigma dropped
     calls: list[list[float]] = []
 
@@ -76,10 +74,7 @@ def upstream_run(case: dict[str, Any], noise: dict[str, Any], shape: list[int]) 
         t = model.sigma_to_t(sigma).to(torch.float32).reshape(-1, 1, 1, 1)
         calls.append([float(sigma[0]), float(t)])
         s = sigma.reshape(-1, 1, 1, 1)  # as the front-ends broadcast it
-        if comfy:
-            x_in = x / (s**2 + 1) ** 0.5
-        else:
-            x_in = x * (1 / (s**2 + 1) ** 0.5)
+        x_in = x / (s**2 + 1) ** 0.5 if comfy else x * (1 / (s**2 + 1) ** 0.5)  # ComfyUI divides, A1111 multiplies
         eps = x_in * 0.5 + t * 2**-13
         return x - eps * s if comfy else x + eps * -s
 
