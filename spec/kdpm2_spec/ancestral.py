@@ -105,7 +105,7 @@ class AncestralReference(Reference):
         self.train_sigmas, self.log_sigmas = self._main.train_sigmas, self._main.log_sigmas
         self.set_timesteps(num_train_timesteps - 1 if discard_penultimate_sigma else num_train_timesteps)
 
-    def set_timesteps(  # type: ignore[override]
+    def set_timesteps(
         self,
         num_inference_steps: int | None = None,
         device: Any = None,

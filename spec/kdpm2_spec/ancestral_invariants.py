@@ -179,7 +179,7 @@ class _Feed:
     def __init__(self, adapter: Any, sched: Any, seed: int) -> None:
         self.adapter, self.explicit, self.seed = adapter, _takes_noise(sched), seed
         self.rng = np.random.default_rng(seed)
-        torch = getattr(adapter, "torch", None)
+        torch: Any = getattr(adapter, "torch", None)
         if not self.explicit and torch is None:
             raise Unsupported("step takes neither noise= nor a torch generator")
         if not self.explicit:
@@ -350,7 +350,8 @@ def check_batch_independent(adapter: Any, case: AncestralLoop) -> None:
         )
         # elementwise float arithmetic: equal up to the vectorised kernels' treatment of a tail (an ulp)
         scale = float(np.nanmax(np.abs(alone), initial=0.0)) or 1.0
-        same = np.isclose(batch[i : i + 1], alone, rtol=0, atol=8 * np.finfo(np.float32).eps * scale, equal_nan=True)
+        atol = 8 * float(np.finfo(np.float32).eps) * scale
+        same = np.isclose(batch[i : i + 1], alone, rtol=0.0, atol=atol, equal_nan=True)
         assert same.all(), f"batch item {i} (seed {seed}) differs from the item run alone [{case.config!r}]"
 
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, NamedTuple
+from typing import Any, ClassVar, NamedTuple, cast
 
 import numpy as np
 import torch
@@ -105,7 +105,7 @@ class KDPM2AncestralDiscreteScheduler(_KDPM2Core):
     """
 
     _sampler = "dpm2a"
-    _unset_when_none = ("sigma_min", "sigma_max")
+    _unset_when_none: ClassVar[tuple[str, ...]] = ("sigma_min", "sigma_max")
 
     def __init__(
         self,
@@ -149,7 +149,7 @@ class KDPM2AncestralDiscreteScheduler(_KDPM2Core):
         main_timesteps: torch.Tensor,
         timestep_of: Callable[[torch.Tensor], torch.Tensor],
         log_sigmas: torch.Tensor,
-    ) -> ancestral_tables.Tables:  # type: ignore[override]
+    ) -> ancestral_tables.Tables:
         """Each step's split (the front-end's float32 arithmetic with a preset), then diffusers' layout."""
         c = self.config
         split = ancestral_tables.frontend_split if c.preset is not None else ancestral_tables.split
@@ -171,7 +171,7 @@ class KDPM2AncestralDiscreteScheduler(_KDPM2Core):
 
     @property
     def _ancestral_tables(self) -> ancestral_tables.Tables:
-        return self._tables  # type: ignore[return-value]
+        return cast(ancestral_tables.Tables, self._tables)
 
     # -- public tables ------------------------------------------------------------------------
 
@@ -299,7 +299,8 @@ class KDPM2AncestralDiscreteScheduler(_KDPM2Core):
                 return self._sampled(k, sample)
             return noise_sources.randn(model_output.shape, model_output.dtype, model_output.device, generator)
 
-        prev_sample, x0 = self._step(model_output, timestep, sample, False, None, draw)  # type: ignore[misc]
+        stepped = self._step(model_output, timestep, sample, False, None, draw)
+        prev_sample, x0 = cast(tuple[torch.Tensor, torch.Tensor], stepped)
         if first and self._euler_inside:  # an Euler step before the last makes one call: nothing to store
             k = self._step_index
             if k is not None and k < len(self._ancestral_tables.second) and not self._ancestral_tables.second[k]:

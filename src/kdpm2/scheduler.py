@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Protocol
 
 import numpy as np
 import torch
@@ -44,6 +44,19 @@ FAMILY_FLAGS = ("use_karras_sigmas", "use_exponential_sigmas", "use_beta_sigmas"
 """The flags that replace the spaced sigmas by a family; at most one may be set."""
 
 
+class CallLevels(Protocol):
+    """What a shell's ``_call_levels`` builds: the per-call tables in diffusers' layout (float64)."""
+
+    @property
+    def sigmas(self) -> torch.Tensor: ...
+    @property
+    def sigmas_interpol(self) -> torch.Tensor: ...
+    @property
+    def timesteps(self) -> torch.Tensor: ...
+    @property
+    def num_steps(self) -> int: ...
+
+
 class _KDPM2Core(ConfigMixin):
     """The schedule and call machinery shared by ``KDPM2DiscreteScheduler`` and ``KDPM2AncestralDiscreteScheduler``.
 
@@ -63,7 +76,7 @@ class _KDPM2Core(ConfigMixin):
     _sampler: ClassVar[str]
 
     _compatibles: ClassVar[list[str]] = list(KARRAS_COMPATIBLES)
-    _unset_when_none = ("sigma_min", "sigma_max", "s_tmax")
+    _unset_when_none: ClassVar[tuple[str, ...]] = ("sigma_min", "sigma_max", "s_tmax")
     order = 2
 
     def _setup(self, config: dict[str, Any]) -> None:
@@ -573,7 +586,7 @@ class _KDPM2Core(ConfigMixin):
         main_timesteps: torch.Tensor,
         timestep_of: Callable[[torch.Tensor], torch.Tensor],
         log_sigmas: torch.Tensor,
-    ) -> tables.Tables:
+    ) -> CallLevels:
         """The per-call tables of main sigmas ``s_0..s_n`` and their timesteps (``timestep_of`` maps sigmas)."""
         raise NotImplementedError
 
