@@ -33,12 +33,26 @@ BETAS = ("linear", "scaled_linear", "squaredcos_cap_v2", "trained_betas")
 FAMILIES = (None, "karras", "exponential", "beta")
 SPACINGS = (("linspace", 0), ("leading", 1), ("trailing", 0))
 STEPS = (1, 2, 3, 5, 10, 25)
-LOOP_RTOL = 1e-4
+LOOP_RTOL = 2e-5
 """Whole loops, ours against diffusers where diffusers is finite: the largest difference of the final
-samples over the largest sample magnitude of the loop (float32 rounding scales with the operands).
-diffusers' ``sigma_down`` cancellation makes most of it: measured at most 4.2e-5 on this grid
-(squaredcos_cap_v2, Karras, 5 steps: s_1 / s_0 is small there, so its sigma_down is 2e-4 off),
-5.3e-6 with the SD betas."""
+samples over the largest sample magnitude of the loop (float32 rounding scales with the operands),
+beyond what diffusers' float32 ``sigma_down`` cancellation explains (``cancellation``)."""
+
+
+def cancellation(scheduler: Any) -> float:
+    """The relative error of diffusers' float32 ``sqrt(s_next^2 - sigma_up^2)``, largest over the steps.
+
+    Its squares carry relative errors of a few eps32 (more where ``s_next`` nears ``s`` and
+    ``s^2 - s_next^2`` cancels too); the difference divides them by ``(sigma_down / s_next)^2``.
+    """
+    worst = 0.0
+    for level in scheduler.step_levels:
+        if level.sigma_mid is None:
+            continue
+        s, s_next = level.sigma, level.sigma_next
+        amplify = s * s / ((s - s_next) * (s + s_next))
+        worst = max(worst, 4 * F32_EPS * amplify * (s_next / level.sigma_down) ** 2)
+    return worst
 
 
 @pytest.fixture(autouse=True)
@@ -201,7 +215,7 @@ def test_squaredcos_is_finite_where_diffusers_is_nan(spacing: str) -> None:
 
 
 @pytest.mark.parametrize("prediction", ["epsilon", "v_prediction"])
-@pytest.mark.parametrize(("beta", "family", "spacing", "offset", "n"), GRID[::3], ids=str)
+@pytest.mark.parametrize(("beta", "family", "spacing", "offset", "n"), GRID[::2], ids=str)
 def test_same_seeds_give_diffusers_numbers(beta, family, spacing, offset, n, prediction) -> None:
     """Same generator seeds: the same draws on the same calls (generators end alike) and, where diffusers
     is finite, the same final sample to its table rounding."""
@@ -216,7 +230,8 @@ def test_same_seeds_give_diffusers_numbers(beta, family, spacing, offset, n, pre
             assert torch.equal(a.get_state(), b.get_state()), f"{kind}: the generators were drawn differently"
         if _finite(want):
             error = float((got - want).abs().max()) / scale
-            assert error <= LOOP_RTOL, f"{kind}: {error:.3g} x the largest sample from diffusers' sample"
+            bound = LOOP_RTOL + 4 * cancellation(ours)
+            assert error <= bound, f"{kind}: {error:.3g} x the largest sample from diffusers' sample (> {bound:.3g})"
 
 
 @pytest.mark.parametrize(

@@ -3,7 +3,7 @@ exact arithmetic, our class and diffusers' class.
 
 Every check of ``ancestral_invariants.CHECKS`` runs under Hypothesis on ``KDPM2AncestralDiscreteScheduler``
 (float64 and float32) and on ``AncestralReference`` itself; on diffusers' class the checks run on
-pinned cases, and those it fails are exactly ``EXPECTED_DIFFUSERS`` (its known defects).
+pinned cases, and those it fails are exactly ``expected_diffusers()`` (its known defects).
 """
 
 from __future__ import annotations
@@ -206,7 +206,7 @@ DIFFUSERS_CASES = [
 
 @pytest.mark.parametrize("name", sorted(ai.CHECKS))
 def test_diffusers_fails_exactly_the_expected_checks(name: str) -> None:
-    """On the pinned cases diffusers 0.42 fails the checks ``EXPECTED_DIFFUSERS`` names, and passes or lacks the others."""
+    """On the pinned cases diffusers 0.42 fails the checks ``expected_diffusers()`` names, and passes or lacks the others."""
     failed = []
     for case in DIFFUSERS_CASES:
         try:
@@ -215,8 +215,8 @@ def test_diffusers_fails_exactly_the_expected_checks(name: str) -> None:
             continue
         except AssertionError as error:
             failed.append(f"{case.config} n={case.steps}: {str(error)[:120]}")
-    if name in ai.EXPECTED_DIFFUSERS:
-        assert failed, f"diffusers passes {name}; update EXPECTED_DIFFUSERS"
+    if name in ai.expected_diffusers():
+        assert failed, f"diffusers passes {name}; update expected_diffusers()"
     else:
         assert not failed, f"diffusers fails {name}, not expected: {failed}"
 
