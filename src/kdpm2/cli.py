@@ -111,7 +111,7 @@ def _option_type(name: str, parameter: inspect.Parameter) -> dict[str, Any]:
 
 
 _PRESET_HELP = (
-    "reproduce a front-end's DPM2 sampler: "
+    "reproduce a front-end's DPM2 sampler (DPM2 a with --sampler dpm2a): "
     + ", ".join(presets.NAMES)
     + "; sets the other options to the preset's and prints, per model call, sigma, timestep and c_in, "
     "and the initial-noise factor"
