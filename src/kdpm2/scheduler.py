@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from typing import Any, ClassVar, Protocol
+from typing import Any, ClassVar, Protocol, Self
 
 import numpy as np
 import torch
@@ -144,7 +144,7 @@ class _KDPM2Core(ConfigMixin):
     # -- schedule -----------------------------------------------------------------------------
 
     @classmethod
-    def from_preset(cls, name: str, config: dict[str, Any] | None = None, **overrides: Any) -> Any:
+    def from_preset(cls, name: str, config: dict[str, Any] | None = None, **overrides: Any) -> Self:
         """A scheduler that reproduces front-end sampler ``name``.
 
         Args:
