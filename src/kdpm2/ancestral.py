@@ -154,11 +154,8 @@ class KDPM2AncestralDiscreteScheduler(_KDPM2Core):
         c = self.config
         split = ancestral_tables.frontend_split if c.preset is not None else ancestral_tables.split
         levels = split(main_sigmas, c.eta)
-        mid_timesteps = torch.zeros_like(levels.mids)
-        positive = levels.mids > 0
-        if bool(positive.any()):
-            mid_timesteps[positive] = timestep_of(levels.mids[positive]).to(mid_timesteps.dtype)
-        return ancestral_tables.layout(main_sigmas, levels, main_timesteps, mid_timesteps, c.eta)
+        # an Euler step's midpoint is 0 (timestep 0 by every rule), and no call reads its timestep
+        return ancestral_tables.layout(main_sigmas, levels, main_timesteps, timestep_of(levels.mids), c.eta)
 
     def _call_tables(self) -> functional.CallTables:
         """Every call's coefficients; ``eta`` shapes the schedule, so changing it needs ``set_timesteps``."""
