@@ -243,3 +243,17 @@ def test_reference_eta_zero_is_the_dpm2_reference() -> None:
                 a = ancestral.step(0.3 * a, t, a, noise=noise).prev_sample
                 b = dpm2.step(0.3 * b, t, b).prev_sample
             np.testing.assert_allclose(a, b, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("name", ["ancestral_noise_statistics", "ancestral_same_seeds", "ancestral_batch_independent"])
+def test_diffusers_passes_the_noise_checks(name: str) -> None:
+    """diffusers' generator semantics are the spec's: its noise checks hold (away from its NaN schedules)."""
+    check = ai.CHECKS[name]
+    strategy = ai.STRATEGIES[name](DIFFUSERS).filter(lambda c: c.config.get("beta_schedule") != "squaredcos_cap_v2")
+
+    @settings(max_examples=3)
+    @given(case=strategy)
+    def run(case: ai.AncestralLoop) -> None:
+        _run(check, DIFFUSERS, case)
+
+    run()

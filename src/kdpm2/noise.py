@@ -3,7 +3,9 @@
 diffusers' ``KDPM2AncestralDiscreteScheduler.step`` draws its noise with ``randn_tensor``: shaped
 like ``model_output``, in its dtype, on its device; a CPU generator draws on the CPU and the
 result is moved; a list of generators draws one batch item from each (a list of one is the lone
-generator). ``randn`` repeats those rules, so the same seeds give diffusers' numbers. The other
+generator). ``randn`` repeats those rules, so the same seeds give diffusers' numbers. A CPU
+generator for CUDA tensors draws on the CPU and copies the noise over at each call, as diffusers
+does; a generator on the sample's device draws there, without waiting for the device. The other
 sources (a ``noise`` tensor, a k-diffusion style ``noise_sampler``) are checked by ``given``.
 """
 
