@@ -117,6 +117,8 @@ def _check_wheel(session: nox.Session, root: Path) -> None:
     session.log(outside(python, *gate))
     plugin = ("-m", "pytest", "-p", "no:cacheprovider", "--kdpm2-target", target, "--kdpm2-profile", "ci")
     session.log(outside(python, *plugin))
+    # torch is a CUDA build of several GB from PyPI: one such venv at a time, or CI's disk fills
+    shutil.rmtree(root / "with-spec")
 
     bare = venv("without-spec", str(wheel_file))
     message = outside(bare, *gate, codes=(2,)).strip()
