@@ -108,6 +108,20 @@ def demo(session: nox.Session) -> None:
 
 
 @nox.session(default=False)
+def planted(session: nox.Session) -> None:
+    """Plant each realistic bug of ``tests/planted_diffusers.py`` in diffusers' KDPM2 scheduler and run the gate.
+
+    Every bug must fail ``python -m kdpm2_spec check ... --expect diffusers-0.42`` (about 40
+    minutes on two cores; posargs go to the script, e.g. ``-- --seed 3 --jobs 2``).
+    """
+    session.install(*TORCH, ".", *group("test"))
+    session.run(
+        "python", "tests/planted_diffusers.py", "--json", "docs/scripts/planted_diffusers.json", *session.posargs
+    )
+    session.run("python", "docs/scripts/ci_tables.py")
+
+
+@nox.session(default=False)
 def mutation(session: nox.Session) -> None:
     """Mutation-test src/kdpm2 with mutmut (posargs: mutmut arguments, default ``run``).
 

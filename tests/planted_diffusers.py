@@ -47,7 +47,12 @@ class Bug(NamedTuple):
 
 BUGS = (
     # -- the spaced timesteps and the training schedule
-    Bug("steps_offset_ignored", "timesteps += self.config.steps_offset", "timesteps += 0", why="leading ignores steps_offset"),
+    Bug(
+        "steps_offset_ignored",
+        "timesteps += self.config.steps_offset",
+        "timesteps += 0",
+        why="leading ignores steps_offset",
+    ),
     Bug("trailing_not_shifted", "timesteps -= 1", "timesteps -= 0", why="trailing timesteps one too high"),
     Bug(
         "leading_float_ratio",
@@ -73,7 +78,12 @@ BUGS = (
         "beta_end**0.5, num_train_timesteps, dtype=torch.float32)",
         why="scaled_linear betas not squared",
     ),
-    Bug("cosine_offset", "(t + 0.008) / 1.008", "(t + 0.008) / 1.0", why="squaredcos_cap_v2 without the offset's normalisation"),
+    Bug(
+        "cosine_offset",
+        "(t + 0.008) / 1.008",
+        "(t + 0.008) / 1.0",
+        why="squaredcos_cap_v2 without the offset's normalisation",
+    ),
     # -- sigma families
     Bug("karras_rho", "rho = 7.0", "rho = 5.0", why="Karras rho"),
     Bug(
@@ -95,7 +105,12 @@ BUGS = (
         "np.linspace(math.log(sigma_min), math.log(sigma_max), num_inference_steps)",
         why="exponential sigmas rising",
     ),
-    Bug("exponential_base_2", "sigmas = np.exp(np.linspace(", "sigmas = np.exp2(np.linspace(", why="exp2 of natural logs"),
+    Bug(
+        "exponential_base_2",
+        "sigmas = np.exp(np.linspace(",
+        "sigmas = np.exp2(np.linspace(",
+        why="exp2 of natural logs",
+    ),
     Bug(
         "beta_ppf_increasing",
         "for timestep in 1 - np.linspace(0, 1, num_inference_steps)",
@@ -121,8 +136,15 @@ BUGS = (
         "sigmas_interpol = sigmas.lerp(sigmas.roll(1), 0.5)",
         why="arithmetic instead of geometric midpoints",
     ),
-    Bug("midpoint_weight", "sigmas.roll(1).log(), 0.5)", "sigmas.roll(1).log(), 0.4)", why="midpoints off the geometric mean"),
-    Bug("midpoints_rolled_back", "sigmas.roll(1).log()", "sigmas.roll(-1).log()", why="midpoints towards the next step"),
+    Bug(
+        "midpoint_weight",
+        "sigmas.roll(1).log(), 0.5)",
+        "sigmas.roll(1).log(), 0.4)",
+        why="midpoints off the geometric mean",
+    ),
+    Bug(
+        "midpoints_rolled_back", "sigmas.roll(1).log()", "sigmas.roll(-1).log()", why="midpoints towards the next step"
+    ),
     Bug(
         "midpoint_timesteps_not_interpolated",
         "for sigma_interpol in sigmas_interpol]",
@@ -135,9 +157,19 @@ BUGS = (
         "torch.stack((timesteps[1:, None], timesteps_interpol[1:-1, None]), dim=-1)",
         why="main and midpoint timesteps swapped",
     ),
-    Bug("final_sigma_not_zero", "np.concatenate([sigmas, [0.0]])", "np.concatenate([sigmas, [1e-3]])", why="a final sigma of 1e-3"),
+    Bug(
+        "final_sigma_not_zero",
+        "np.concatenate([sigmas, [0.0]])",
+        "np.concatenate([sigmas, [1e-3]])",
+        why="a final sigma of 1e-3",
+    ),
     # -- init_noise_sigma and scale_model_input
-    Bug("init_noise_sigma_trailing", '["linspace", "trailing"]', '["linspace"]', why="init_noise_sigma wrong for trailing"),
+    Bug(
+        "init_noise_sigma_trailing",
+        '["linspace", "trailing"]',
+        '["linspace"]',
+        why="init_noise_sigma wrong for trailing",
+    ),
     Bug(
         "init_noise_sigma_leading",
         "return (self.sigmas.max() ** 2 + 1) ** 0.5",
@@ -182,8 +214,18 @@ BUGS = (
         "derivative = (sample - pred_original_sample) / sigma_interpol",
         why="first-order derivative divided by the midpoint sigma",
     ),
-    Bug("first_order_euler_to_next", "dt = sigma_interpol - sigma_hat", "dt = sigma_next - sigma_hat", why="first call steps to the next sigma"),
-    Bug("second_order_dt", "dt = sigma_next - sigma_hat", "dt = sigma_next - sigma_interpol", why="second call's step from the midpoint"),
+    Bug(
+        "first_order_euler_to_next",
+        "dt = sigma_interpol - sigma_hat",
+        "dt = sigma_next - sigma_hat",
+        why="first call steps to the next sigma",
+    ),
+    Bug(
+        "second_order_dt",
+        "dt = sigma_next - sigma_hat",
+        "dt = sigma_next - sigma_interpol",
+        why="second call's step from the midpoint",
+    ),
     Bug(
         "second_order_from_midpoint",
         "            sample = self.sample\n",
@@ -229,7 +271,12 @@ BUGS = (
         "step_indices = [self.begin_index] * timesteps.shape[0]",
         why="add_noise after the first step uses the begin index (before #7386)",
     ),
-    Bug("lookup_first_match", "pos = 1 if len(indices) > 1 else 0", "pos = 0", why="index_for_timestep takes the first match"),
+    Bug(
+        "lookup_first_match",
+        "pos = 1 if len(indices) > 1 else 0",
+        "pos = 0",
+        why="index_for_timestep takes the first match",
+    ),
     Bug(
         "begin_index_ignored",
         "            self._step_index = self._begin_index",
@@ -288,7 +335,10 @@ def gate(bug: Bug, seed: int | None = 0, extra: tuple[str, ...] = ()) -> dict[st
     """Run the gate on ``bug`` with ``--expect diffusers-0.42``: its exit status and the lines that failed."""
     with tempfile.TemporaryDirectory(prefix="kdpm2-planted-") as folder:
         plant(bug, Path(folder))
-        env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT / "src"), str(ROOT / "spec"), os.environ.get("PYTHONPATH", "")])}
+        env = {
+            **os.environ,
+            "PYTHONPATH": os.pathsep.join([str(ROOT / "src"), str(ROOT / "spec"), os.environ.get("PYTHONPATH", "")]),
+        }
         command = [sys.executable, "-m", "kdpm2_spec", "check", TARGET, "--path", folder, "--expect", "diffusers-0.42"]
         command += ([] if seed is None else ["--seed", str(seed)]) + list(extra)
         started = time.perf_counter()
@@ -318,13 +368,21 @@ def main(argv: list[str] | None = None) -> int:
         for outcome in pool.map(lambda bug: gate(bug, args.seed), bugs):
             outcomes.append(outcome)
             mark = "caught" if outcome["caught"] else "MISSED"
-            print(f"{mark:6} {outcome['bug']} (exit {outcome['status']}, {outcome['seconds']} s): {outcome['why']}", flush=True)
+            print(
+                f"{mark:6} {outcome['bug']} (exit {outcome['status']}, {outcome['seconds']} s): {outcome['why']}",
+                flush=True,
+            )
             for line in outcome["lines"][:3]:
                 print(f"       {line[:200]}")
     caught = sum(1 for o in outcomes if o["caught"])
     print(f"{caught} of {len(outcomes)} planted bugs caught at seed {args.seed} with --expect diffusers-0.42")
     if args.json:
-        Path(args.json).write_text(json.dumps({"seed": args.seed, "outcomes": outcomes}, indent=1) + "\n", encoding="utf-8")
+        import datetime
+
+        import diffusers
+
+        data = {"date": datetime.date.today().isoformat(), "diffusers": diffusers.__version__, "seed": args.seed}
+        Path(args.json).write_text(json.dumps({**data, "outcomes": outcomes}, indent=1) + "\n", encoding="utf-8")
     return 0 if caught == len(outcomes) else 1
 
 

@@ -22,7 +22,9 @@ DIFFUSERS_FAILURES = {
         "timesteps: rise by less than 0.5 [use_karras_sigmas=True]",
         "timesteps: below 0 [timestep_spacing=trailing]",
     },
-    "timestep_of_sigma": {"timesteps: not the timestep of the call's sigma at main entries [timestep_spacing=trailing]"},
+    "timestep_of_sigma": {
+        "timesteps: not the timestep of the call's sigma at main entries [timestep_spacing=trailing]"
+    },
     "reference_sigmas": {"sigmas: 2 entries too many [timestep_spacing=trailing]"},
     "reference_sigmas_interpol": {
         "sigmas_interpol: not finite at the first entry [any configuration]",
@@ -35,7 +37,10 @@ DIFFUSERS_FAILURES = {
     "sampling_loop": {"timesteps: 2 entries too many [timestep_spacing=trailing]"},
     "prediction_sample": {"step: raises NotImplementedError [prediction_type=sample]"},
     "float32_loop": {"timesteps: 2 entries too many [timestep_spacing=trailing]"},
-    "low_precision_step": {"prev_sample: beyond one ulp [dtype=float16]", "prev_sample: beyond one ulp [dtype=bfloat16]"},
+    "low_precision_step": {
+        "prev_sample: beyond one ulp [dtype=float16]",
+        "prev_sample: beyond one ulp [dtype=bfloat16]",
+    },
     "illegal_calls": {
         "set_begin_index(len(timesteps)): no error [any configuration]",
         "set_begin_index(-1): no error [any configuration]",

@@ -78,7 +78,9 @@ def test_an_unimportable_target_exits_2_on_one_line(tmp_path: Path) -> None:
     folder = module(tmp_path, "raise RuntimeError('broken at import')\n")
     done = gate(tmp_path / "cwd", "hostile:Hostile", "--path", str(folder))
     assert done.returncode == 2 and done.stdout == ""
-    assert "importing 'hostile' of 'hostile:Hostile' raised RuntimeError: broken at import" in done.stderr.splitlines()[-1]
+    assert (
+        "importing 'hostile' of 'hostile:Hostile' raised RuntimeError: broken at import" in done.stderr.splitlines()[-1]
+    )
 
 
 def test_a_target_that_ends_the_process_at_import_exits_2(tmp_path: Path) -> None:
@@ -121,7 +123,9 @@ def test_a_target_that_exits_never_yields_exit_0(tmp_path: Path, body: str, line
 
 
 def test_an_exception_in_a_reproducer_is_that_cases_failure_not_a_traceback(tmp_path: Path) -> None:
-    folder = module(tmp_path, HEADER + "    def step(self, *args, **kwargs):\n        raise AttributeError('no such thing')\n")
+    folder = module(
+        tmp_path, HEADER + "    def step(self, *args, **kwargs):\n        raise AttributeError('no such thing')\n"
+    )
     case = "Schedule(config={}, steps=3)"
     done = gate(tmp_path / "cwd", "hostile:Hostile", "--path", str(folder), "--only", "step_alternates", "--case", case)
     assert done.returncode == 1
@@ -133,7 +137,9 @@ def test_an_exception_in_a_reproducer_is_that_cases_failure_not_a_traceback(tmp_
 
 def test_what_the_target_prints_stays_out_of_the_report_and_nothing_is_written(tmp_path: Path) -> None:
     folder = module(
-        tmp_path, HEADER + "    def step(self, *args, **kwargs):\n        print('NOISE')\n        return super().step(*args, **kwargs)\n"
+        tmp_path,
+        HEADER
+        + "    def step(self, *args, **kwargs):\n        print('NOISE')\n        return super().step(*args, **kwargs)\n",
     )
     cwd = tmp_path / "cwd"
     done = gate(cwd, "hostile:Hostile", "--path", str(folder), "--profile", "dev", *only("step_alternates"))
@@ -154,7 +160,9 @@ def test_a_missing_method_is_unsupported_for_what_needs_it(tmp_path: Path) -> No
     lines = done.stdout.splitlines()
     assert lines[1] == "UNSUPPORTED illegal_calls: the scheduler has no set_begin_index"
     assert lines[2] == "UNSUPPORTED step_alternates_from_begin: the scheduler has no set_begin_index"
-    assert lines[3].startswith("PASS sampling_loop") and "not checked: the scheduler has no set_begin_index in" in lines[3]
+    assert (
+        lines[3].startswith("PASS sampling_loop") and "not checked: the scheduler has no set_begin_index in" in lines[3]
+    )
 
 
 def test_a_step_output_without_pred_original_sample_is_partly_unchecked(tmp_path: Path) -> None:

@@ -27,10 +27,10 @@ def test_a_float32_table_implementation_passes_every_property_at_its_level() -> 
     report = conformance.run(Float32TablesReference, profile="ci")
     assert report.ok, str(report)
     assert report.level == "float32 tables", report.summary()
-    errors = {k: max(r.errors.get(k, 0.0) for r in report.results) for k in ("loop", "relation")}
+    errors = {k: max(r.errors.get(k, 0.0) for r in report.results) for k in ("loop", "churn", "relation")}
     for kind, ratio in errors.items():
         assert levels.LEVELS["exact"][kind] < ratio <= levels.FLOAT32_TABLES_MEASURED[kind] * 4, (kind, ratio)
-        assert levels.FLOAT32_TABLES_MEASURED[kind] * 20 <= levels.LEVELS["float32 tables"][kind]
+        assert levels.FLOAT32_TABLES_MEASURED[kind] * 10 <= levels.LEVELS["float32 tables"][kind]
 
 
 @pytest.mark.parametrize("name", ["sampling_loop", "custom_sigmas", "exact_denoiser"])

@@ -125,6 +125,6 @@ def test_without_hypothesis_it_is_a_usage_error_not_an_internal_error(tmp_path: 
     assert done.returncode == 4, done.stdout + done.stderr
     assert "INTERNALERROR" not in done.stdout + done.stderr
     assert (
-        'ERROR: --kdpm2-target kdpm2:KDPM2DiscreteScheduler: the gate needs hypothesis, which is not installed: '
+        "ERROR: --kdpm2-target kdpm2:KDPM2DiscreteScheduler: the gate needs hypothesis, which is not installed: "
         'pip install "kdpm2[spec]"'
     ) in done.stderr

@@ -8,11 +8,10 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 import pytest
-import torch
 
 from kdpm2 import KDPM2DiscreteScheduler
 from kdpm2_spec import conformance, gate
@@ -50,7 +49,12 @@ def _expect(*signatures: Signature, unsupported: dict[str, list[str]] | None = N
 
 def test_features_name_flags_and_names_not_numbers() -> None:
     case = ks.Loop(
-        {"use_karras_sigmas": True, "beta_start": 0.001, "timestep_spacing": "linspace", "steps_offset": 1}, 5, 2, 0.1, 3, (2, 3)
+        {"use_karras_sigmas": True, "beta_start": 0.001, "timestep_spacing": "linspace", "steps_offset": 1},
+        5,
+        2,
+        0.1,
+        3,
+        (2, 3),
     )
     assert features(case) == {"use_karras_sigmas=True", "beta_start", "steps_offset", "image to image"}
     low = ks.LowPrecision({"num_train_timesteps": 1000}, 3, 1, "float16", 0, 1.0)
@@ -69,9 +73,7 @@ def test_a_signature_covers_the_same_finding_in_any_wider_family() -> None:
 
 def test_minimal_family_drops_what_the_failure_does_not_need() -> None:
     case = ks.Schedule({"timestep_spacing": "trailing", "beta_start": 0.001, "use_karras_sigmas": True}, 61)
-    family, smallest = minimal_family(
-        case, Finding("t", "k"), lambda c: c.config.get("timestep_spacing") == "trailing"
-    )
+    family, smallest = minimal_family(case, Finding("t", "k"), lambda c: c.config.get("timestep_spacing") == "trailing")
     assert family == {"timestep_spacing=trailing"} and smallest == ks.Schedule({"timestep_spacing": "trailing"}, 61)
 
 
@@ -125,7 +127,10 @@ def test_write_then_gate_then_stale(tmp_path: Path) -> None:
     assert recorded.exit_status == 0
     path = tmp_path / "expect.json"
     written = gate.write(recorded, str(path))
-    assert {str(e.signature) for e in written.entries} == {str(NAN), "sigmas_interpol: not finite at the first entry [any configuration]"}
+    assert {str(e.signature) for e in written.entries} == {
+        str(NAN),
+        "sigmas_interpol: not finite at the first entry [any configuration]",
+    }
     assert {e.signature.prop for e in written.entries} == set(only)
     data = json.loads(path.read_text())
     assert data["kdpm2_spec_expectations"] == 2 and data["level"] is None  # no loop: no level measured
@@ -144,7 +149,11 @@ def test_merging_keeps_the_most_general_family() -> None:
 
     class Fake:
         target, family, level = "x:Y", "kdpm2", "-"
-        results = [conformance.Result("p", "pass", "", recorded=[{"what": "t", "kind": "k", "family": ["a"], "case": "c2", "message": "m"}])]
+        results: ClassVar = [
+            conformance.Result(
+                "p", "pass", "", recorded=[{"what": "t", "kind": "k", "family": ["a"], "case": "c2", "message": "m"}]
+            )
+        ]
 
     merged = gate.from_report(Fake(), previous)
     assert [e.signature for e in merged.entries] == [wide]
@@ -163,7 +172,9 @@ def test_a_newly_unsupported_check_fails_an_expectation() -> None:
 
 
 def test_the_first_format_masks_whole_properties_and_renamed_ones() -> None:
-    legacy = gate.parse({"tables_match_reference": "old name", "tables_finite": "NaN"}, "old.json", conformance.PROPERTIES)
+    legacy = gate.parse(
+        {"tables_match_reference": "old name", "tables_finite": "NaN"}, "old.json", conformance.PROPERTIES
+    )
     assert legacy.legacy and {e.signature.prop for e in legacy.entries} == {
         "reference_sigmas",
         "reference_sigmas_interpol",
@@ -179,7 +190,10 @@ def test_the_first_format_masks_whole_properties_and_renamed_ones() -> None:
     ("data", "message"),
     [
         ({"kdpm2_spec_expectations": 2, "properties": {"nope": {}}}, "unknown properties"),
-        ({"kdpm2_spec_expectations": 2, "properties": {"churn": {"failures": [{"what": "x"}]}}}, "lacks 'what' or 'kind'"),
+        (
+            {"kdpm2_spec_expectations": 2, "properties": {"churn": {"failures": [{"what": "x"}]}}},
+            "lacks 'what' or 'kind'",
+        ),
         ({"kdpm2_spec_expectations": 2, "level": "perfect", "properties": {}}, "level must be one of"),
         ({"kdpm2_spec_expectations": 2, "properties": {"churn": {"other": 1}}}, "'failures' and/or 'unsupported'"),
         ([1, 2], "must be a JSON object"),
@@ -209,8 +223,12 @@ def test_a_looser_level_than_the_expectation_records_fails() -> None:
     only = ["sampling_loop", "exact_denoiser"]
     loose = conformance.run(Float32TablesReference, profile="dev", only=only, seed=4)
     assert loose.exit_status == 0 and loose.level == "float32 tables", str(loose)
-    strict = conformance.run(Float32TablesReference, profile="dev", only=only, seed=4, expect=gate.Expectation(level="exact"))
+    strict = conformance.run(
+        Float32TablesReference, profile="dev", only=only, seed=4, expect=gate.Expectation(level="exact")
+    )
     assert strict.level_dropped and strict.exit_status == conformance.EXIT_FAILED
     assert "but the expectation records exact" in strict.summary()
-    gated = conformance.run(Float32TablesReference, profile="dev", only=["sampling_loop"], seed=4, level="exact", shrink=False)
+    gated = conformance.run(
+        Float32TablesReference, profile="dev", only=["sampling_loop"], seed=4, level="exact", shrink=False
+    )
     assert gated["sampling_loop"].status == "fail" and "1e-12" in gated["sampling_loop"].message

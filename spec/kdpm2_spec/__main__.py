@@ -24,11 +24,10 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from kdpm2_spec.deps import UsageError
+
 PROG = "python -m kdpm2_spec"
-
-
-class UsageError(Exception):
-    """The gate cannot judge: printed as one line on standard error, exit status 2."""
+__all__ = ["PROG", "UsageError", "load", "main", "parser"]
 
 
 def load(spec: str) -> Any:
@@ -76,7 +75,10 @@ def parser() -> argparse.ArgumentParser:
     check.add_argument("--seed", type=int, default=None, help="Hypothesis seed (default: the profile's; ci is fixed)")
     check.add_argument("--database", default=None, metavar="DIR", help="Hypothesis example database (default: none)")
     check.add_argument(
-        "--level", choices=LEVEL_NAMES, default="float32 tables", help="numerical level to gate at (default: float32 tables)"
+        "--level",
+        choices=LEVEL_NAMES,
+        default="float32 tables",
+        help="numerical level to gate at (default: float32 tables)",
     )
     check.add_argument(
         "--timeout",
@@ -91,13 +93,14 @@ def parser() -> argparse.ArgumentParser:
     )
     check.add_argument("--expect", default=None, metavar="FILE", help="expected failures (JSON), or a shipped name")
     check.add_argument(
-        "--write-expect", default=None, metavar="FILE", help="write this run's failures as expectations (merged with --expect)"
+        "--write-expect",
+        default=None,
+        metavar="FILE",
+        help="write this run's failures as expectations (merged with --expect)",
     )
     check.add_argument("--json", default=None, metavar="FILE", help="write the report as JSON")
     check.add_argument("--junit-xml", default=None, metavar="FILE", help="write the report as JUnit XML")
-    check.add_argument(
-        "--in-process", action="store_true", help="run in this process (no time limit; for a debugger)"
-    )
+    check.add_argument("--in-process", action="store_true", help="run in this process (no time limit; for a debugger)")
     from kdpm2_spec.differential import add_commands
 
     add_commands(commands)
@@ -199,7 +202,16 @@ def _check(args: argparse.Namespace) -> int:
             return _one_case(child, args.only[0], case_text, args.target)
         fixed = bool(ks.PROFILES.get(profile, {}).get("derandomize")) and args.database is None
         run = report.Report(
-            args.target, [], hello["device"], hello["dtype"], profile, args.seed, expect, fixed, args.level, hello["family"]
+            args.target,
+            [],
+            hello["device"],
+            hello["dtype"],
+            profile,
+            args.seed,
+            expect,
+            fixed,
+            args.level,
+            hello["family"],
         )
         print(run.header(), flush=True)
         for name in args.only or names:

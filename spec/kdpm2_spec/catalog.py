@@ -34,7 +34,10 @@ DTYPES: dict[str, tuple[str, ...]] = {
 }
 """Properties that run only in some dtypes (all others run in every dtype of ``DTYPE_NAMES``)."""
 
-LEVEL = "the run's numerical level (`exact` 1e-12, `float32 tables` 1e-5) relative to the largest operand"
+LEVEL = (
+    "the run's numerical level (`exact` 1e-12, `float32 tables` 1e-6; churned loops 1e-4) relative to the largest "
+    "operand, per unit of the schedule's amplification"
+)
 """How the float64 loop properties compare (see ``kdpm2_spec.levels``)."""
 
 TOLERANCES: dict[str, str] = {
@@ -50,8 +53,8 @@ TOLERANCES: dict[str, str] = {
     "step_alternates_from_begin": "exact: the order and `step_index` are counters, from any full step.",
     "timestep_of_sigma": "the timesteps of the sigma within 4e-7 relative (a float32 table's rounding), plus 1e-3, "
     "plus 0.5 where the timestep is an integer (diffusers rounds the main Karras timesteps).",
-    "exact_denoiser": "the run's level for relations (`exact` 1e-9, `float32 tables` 2e-6) relative to the operands: "
-    "the exact denoiser makes every step exact, so only rounding remains; float64 only.",
+    "exact_denoiser": "the run's level for relations (`exact` 1e-9, `float32 tables` 1e-6) relative to the operands, "
+    "per unit of amplification: the exact denoiser makes every step exact, so only rounding remains; float64 only.",
     "reference_sigmas": "1e-6 relative to the largest sigma: public tables are float32 (diffusers' and ours).",
     "reference_sigmas_interpol": "1e-6 relative to the largest sigma, every entry (the first included).",
     "reference_timesteps": "1e-6 relative to the largest timestep; diffusers' rounded main Karras timesteps are "

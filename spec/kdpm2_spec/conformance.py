@@ -148,8 +148,8 @@ def _invariant(name: str) -> None:
     check = INVARIANTS[name]
 
     def run_check(target: Target, case: ks.Schedule) -> None:
-        impl = call("constructor", lambda: target.create(case.config))
-        call("set_timesteps", lambda: impl.set_timesteps(case.steps))
+        impl = call("constructor", target.create, case.config)
+        call("set_timesteps", impl.set_timesteps, case.steps)
         for attribute in ("timesteps", "sigmas", *INVARIANT_NEEDS.get(name, ())):
             need(impl, attribute)
         if not hasattr(impl, "set_begin_index") and name in ("scale_model_input", "step_alternates"):
@@ -166,7 +166,9 @@ def _invariant(name: str) -> None:
 
     doc = getattr(invariants, f"check_{name}").__doc__ or name
     strategy = lambda target: ks.schedules(target.args, churn=False)  # noqa: E731 - churn lifts timesteps
-    PROPERTIES[name] = Property(name, " ".join(doc.strip().splitlines()[0].split()), strategy, run_check, SCHEDULE_EXAMPLES)
+    PROPERTIES[name] = Property(
+        name, " ".join(doc.strip().splitlines()[0].split()), strategy, run_check, SCHEDULE_EXAMPLES
+    )
 
 
 for _name in INVARIANTS:
@@ -182,17 +184,19 @@ for _name in INVARIANTS:
 )
 def step_alternates_from_begin(target: Target, case: ks.Resume) -> None:
     """After ``set_begin_index(2i)``, ``step`` alternates first and second order from call ``2i`` on, one index a call."""
-    impl = call("constructor", lambda: target.create(case.config))
-    call("set_timesteps", lambda: impl.set_timesteps(case.steps))
+    impl = call("constructor", target.create, case.config)
+    call("set_timesteps", impl.set_timesteps, case.steps)
     need(impl, "set_begin_index")
     need(impl, "state_in_first_order")
     need(impl, "step_index")
     calls = len(impl.timesteps)
     begin = min(2 * case.begin, calls - 1)
-    call("set_begin_index", lambda: impl.set_begin_index(begin))
+    call("set_begin_index", impl.set_begin_index, begin)
     where = f"{target.name}(**{case.config!r}).set_timesteps({case.steps}); set_begin_index({begin})"
     try:
-        invariants.walk_calls(impl, target.adapter, impl.timesteps[begin:], begin, (2, 3), target.adapter.tensor(np.ones((2, 3))))
+        invariants.walk_calls(
+            impl, target.adapter, impl.timesteps[begin:], begin, (2, 3), target.adapter.tensor(np.ones((2, 3)))
+        )
     except Discrepancy as error:
         raise Discrepancy(f"{error} [{where}]", error.findings) from None
 
@@ -214,8 +218,8 @@ def timestep_of_sigma(target: Target, case: ks.Schedule) -> None:
     relation holding is enough; rounding to an integer (diffusers' Karras timesteps, ComfyUI's
     quantized ones) may move a timestep by 0.5.
     """
-    impl = call("constructor", lambda: target.create(case.config))
-    call("set_timesteps", lambda: impl.set_timesteps(case.steps))
+    impl = call("constructor", target.create, case.config)
+    call("set_timesteps", impl.set_timesteps, case.steps)
     a = target.adapter
     sigmas = a.array(need(impl, "sigmas"))
     interpol = a.array(need(impl, "sigmas_interpol"))
@@ -262,8 +266,8 @@ def timestep_of_sigma(target: Target, case: ks.Schedule) -> None:
 )
 def exact_denoiser(target: Target, case: ks.Loop) -> None:
     """With the exact denoiser of one point, image-to-image sampling lands on ``x0 + s_i * noise`` (spec invariant)."""
-    impl = call("constructor", lambda: target.create(case.config))
-    call("set_timesteps", lambda: impl.set_timesteps(case.steps))
+    impl = call("constructor", target.create, case.config)
+    call("set_timesteps", impl.set_timesteps, case.steps)
     for name in ("set_begin_index", "add_noise", "state_in_first_order", "sigmas_interpol"):
         need(impl, name)
     begin = min(2 * (case.begin or 0), len(impl.timesteps) - 1)
@@ -294,8 +298,8 @@ def exact_denoiser(target: Target, case: ks.Loop) -> None:
         # float32 tables, not exact: the denoiser exact for the implementation's own float32 sigmas
         # is the fair one at this level (the float64 one amplifies their rounding by s_i / m_i)
         levels.record("relation", 2 * levels.LEVELS["exact"]["relation"])
-        impl = call("constructor", lambda: target.create(case.config))
-        call("set_timesteps", lambda: impl.set_timesteps(case.steps))
+        impl = call("constructor", target.create, case.config)
+        call("set_timesteps", impl.set_timesteps, case.steps)
     levels.record("relation", _denoise(impl, a, begin, prediction, rtol, None, where) / amp)
 
 
@@ -307,7 +311,9 @@ def _denoise(impl: Any, adapter: Any, begin: int, prediction: str, rtol: float, 
     except Unsupported:
         raise
     except Exception as error:
-        raise Discrepancy.one("call", f"raises {type(error).__name__}", f"{type(error).__name__}: {error} [{where}]") from error
+        raise Discrepancy.one(
+            "call", f"raises {type(error).__name__}", f"{type(error).__name__}: {error} [{where}]"
+        ) from error
 
 
 # -- the tables, each against the reference -------------------------------------------------------
@@ -316,11 +322,14 @@ def _denoise(impl: Any, adapter: Any, begin: int, prediction: str, rtol: float, 
 def _table(name: str, positions: Any) -> None:
     def check(target: Target, case: ks.Schedule) -> None:
         ref, impl, text = built(target, case.config, num_inference_steps=case.steps)
-        got = target.adapter.array(call(name, lambda: need(impl, name)))
+        got = target.adapter.array(call(name, need, impl, name))
         want = np.asarray(getattr(ref, name), dtype=np.float64)
         found, _ = compare(name, want, got, TABLE_RTOL, positions=positions)
-        if found and name == "timesteps" and case.config.get("use_karras_sigmas") and not case.config.get(
-            "round_karras_timesteps"
+        if (
+            found
+            and name == "timesteps"
+            and case.config.get("use_karras_sigmas")
+            and not case.config.get("round_karras_timesteps")
         ):
             # diffusers' rule: the main Karras timesteps rounded, the midpoints not (#5746)
             rounded = Reference(**case.config, round_karras_timesteps=True)
@@ -344,7 +353,7 @@ _table("timesteps", call_order)
 def reference_init_noise_sigma(target: Target, case: ks.Schedule) -> None:
     """``init_noise_sigma`` equals the reference's (float32 precision; ``sqrt(s_0^2 + 1)`` for ``leading``)."""
     ref, impl, text = built(target, case.config, num_inference_steps=case.steps)
-    got = target.adapter.array(call("init_noise_sigma", lambda: need(impl, "init_noise_sigma")))
+    got = target.adapter.array(call("init_noise_sigma", need, impl, "init_noise_sigma"))
     found, _ = compare("init_noise_sigma", np.array(ref.init_noise_sigma), got, TABLE_RTOL)
     if found:
         raise Discrepancy.merge(found, text)
@@ -396,19 +405,19 @@ def add_noise_mid_loop(target: Target, case: ks.Loop) -> None:
 )
 def set_timesteps_again(target: Target, case: ks.Rerun) -> None:
     """``set_timesteps`` after a partial loop (image to image or not) leaves a scheduler that samples as a fresh one."""
-    impl = call("constructor", lambda: target.create(case.config))
-    call("set_timesteps", lambda: impl.set_timesteps(case.first))
+    impl = call("constructor", target.create, case.config)
+    call("set_timesteps", impl.set_timesteps, case.first)
     a = target.adapter
     start = 0
     if case.first_begin is not None:
         need(impl, "set_begin_index")
         start = min(2 * case.first_begin, len(impl.timesteps) - 1)
-        call("set_begin_index", lambda: impl.set_begin_index(start))
+        call("set_begin_index", impl.set_begin_index, start)
     sample = a.tensor(np.ones((2, 3)))
     for k in range(start, min(start + case.done, len(impl.timesteps))):
         t = impl.timesteps[k]
-        call("scale_model_input", lambda t=t: impl.scale_model_input(sample, t))
-        sample = call("step", lambda t=t: impl.step(a.tensor(np.full((2, 3), 0.1)), t, sample)).prev_sample
+        call("scale_model_input", impl.scale_model_input, sample, t)
+        sample = call("step", impl.step, a.tensor(np.full((2, 3), 0.1)), t, sample).prev_sample
     try:
         run_loop(
             target, a, case.config, {"num_inference_steps": case.steps}, None, case.model, case.seed, (2, 3), impl=impl
@@ -471,7 +480,15 @@ def float32_loop(target: Target, case: ks.Loop) -> None:
     """float32 sampling loops stay within 1e-5 (relative to the largest value) of the float64 reference."""
     adapter = _with_dtype(target, "float32")
     run_loop(
-        target, adapter, case.config, {"num_inference_steps": case.steps}, case.begin, case.model, case.seed, case.shape, FLOAT32_RTOL
+        target,
+        adapter,
+        case.config,
+        {"num_inference_steps": case.steps},
+        case.begin,
+        case.model,
+        case.seed,
+        case.shape,
+        FLOAT32_RTOL,
     )
 
 
@@ -508,7 +525,7 @@ def low_precision_step(target: Target, case: ks.LowPrecision) -> None:
     begin = call_index - (call_index % 2)
     ref.set_begin_index(begin)
     need(impl, "set_begin_index")
-    call("set_begin_index", lambda: impl.set_begin_index(begin))
+    call("set_begin_index", impl.set_begin_index, begin)
     rng = np.random.default_rng(case.seed)
     prediction = case.config.get("prediction_type", "epsilon")
     found = []
@@ -517,7 +534,7 @@ def low_precision_step(target: Target, case: ks.LowPrecision) -> None:
         output = adapter.array(adapter.tensor(case.scale * rng.standard_normal((4, 8))))
         want = ref.step(output, ref.timesteps[k], sample)
         t = impl.timesteps[k]
-        got = call("step", lambda t=t: impl.step(adapter.tensor(output), t, adapter.tensor(sample)))
+        got = call("step", impl.step, adapter.tensor(output), t, adapter.tensor(sample))
         where = f"step(model_output, timesteps[{k}], sample) in {case.dtype} [{text}; set_begin_index({begin})]"
         for name, exact in (("prev_sample", want.prev_sample), ("pred_original_sample", want.pred_original_sample)):
             value = getattr(got, name, None)
@@ -545,8 +562,8 @@ def low_precision_step(target: Target, case: ks.LowPrecision) -> None:
 @prop(lambda target: ks.schedules(target.args), SCHEDULE_EXAMPLES)
 def illegal_calls(target: Target, case: ks.Schedule) -> None:
     """``step`` past the end and ``set_begin_index`` out of range raise ``ValueError``."""
-    impl = call("constructor", lambda: target.create(case.config))
-    call("set_timesteps", lambda: impl.set_timesteps(case.steps))
+    impl = call("constructor", target.create, case.config)
+    call("set_timesteps", impl.set_timesteps, case.steps)
     need(impl, "set_begin_index")
     a = target.adapter
     text = f"{target.name}(**{case.config!r}).set_timesteps({case.steps})"
@@ -573,11 +590,11 @@ def illegal_calls(target: Target, case: ks.Schedule) -> None:
                 f"set_begin_index({bad}) must raise ValueError for {calls} calls [{text}]",
             )
         )
-    impl = call("constructor", lambda: target.create(case.config))
-    call("set_timesteps", lambda: impl.set_timesteps(case.steps))
-    call("set_begin_index", lambda: impl.set_begin_index(calls - 1))
+    impl = call("constructor", target.create, case.config)
+    call("set_timesteps", impl.set_timesteps, case.steps)
+    call("set_begin_index", impl.set_begin_index, calls - 1)
     x = a.tensor(np.ones((2, 2)))
-    call("step", lambda: impl.step(a.tensor(np.zeros((2, 2))), impl.timesteps[calls - 1], x))
+    call("step", impl.step, a.tensor(np.zeros((2, 2))), impl.timesteps[calls - 1], x)
     try:
         impl.step(a.tensor(np.zeros((2, 2))), impl.timesteps[calls - 1], x)
     except ValueError:
@@ -593,7 +610,9 @@ def illegal_calls(target: Target, case: ks.Schedule) -> None:
     else:
         found.append(
             Discrepancy.one(
-                "step past the end", "no error", f"step past the end (call {calls} of {calls}) must raise ValueError [{text}]"
+                "step past the end",
+                "no error",
+                f"step past the end (call {calls} of {calls}) must raise ValueError [{text}]",
             )
         )
     if found:
@@ -603,25 +622,30 @@ def illegal_calls(target: Target, case: ks.Schedule) -> None:
 @prop(lambda target: ks.schedules(target.args), SCHEDULE_EXAMPLES)
 def save_reload(target: Target, case: ks.Schedule) -> None:
     """``save_config`` then ``from_pretrained`` gives the same config and tables."""
-    impl = call("constructor", lambda: target.create(case.config))
+    impl = call("constructor", target.create, case.config)
     if not hasattr(impl, "save_config") or not hasattr(type(impl), "from_pretrained"):
         raise Unsupported("no save_config/from_pretrained")
     text = f"{target.name}(**{case.config!r})"
     with tempfile.TemporaryDirectory() as directory:
-        call("save_config", lambda: impl.save_config(directory))
-        again = call("from_pretrained", lambda: type(impl).from_pretrained(directory))
+        call("save_config", impl.save_config, directory)
+        again = call("from_pretrained", type(impl).from_pretrained, directory)
     found = []
     for key in case.config:
         want, got = impl.config[key], again.config[key]
         if not np.array_equal(np.asarray(want), np.asarray(got)):
             found.append(
-                Discrepancy.one("config", "differs after reload", f"config[{key!r}]={got!r} after reload, but should be {want!r}")
+                Discrepancy.one(
+                    "config", "differs after reload", f"config[{key!r}]={got!r} after reload, but should be {want!r}"
+                )
             )
-    call("set_timesteps", lambda: impl.set_timesteps(case.steps))
-    call("set_timesteps", lambda: again.set_timesteps(case.steps))
+    call("set_timesteps", impl.set_timesteps, case.steps)
+    call("set_timesteps", again.set_timesteps, case.steps)
     for name in ("timesteps", "sigmas", "sigmas_interpol"):
         if hasattr(impl, name):
-            want_table, got_table = target.adapter.array(getattr(impl, name)), target.adapter.array(getattr(again, name))
+            want_table, got_table = (
+                target.adapter.array(getattr(impl, name)),
+                target.adapter.array(getattr(again, name)),
+            )
             same = want_table.shape == got_table.shape and np.array_equal(want_table, got_table, equal_nan=True)
             if not same:
                 found.append(Discrepancy.one(name, "differs after reload", f"{name} differs after reload"))

@@ -4,7 +4,7 @@ The reference and the invariants need only NumPy; the gate (``python -m kdpm2_sp
 pytest plugin) also needs Hypothesis, and SciPy whenever a drawn configuration may ask for beta
 sigmas (the reference computes them with ``scipy.stats.beta``). A gate that cannot judge must
 not answer "failed": each missing package is named on one line with the command that installs
-everything the gate needs, and the command line exits with status 2.
+everything the gate needs, and the command line exits with status 2 (``UsageError``).
 """
 
 from __future__ import annotations
@@ -42,5 +42,8 @@ def message(packages: list[str], why: str = "") -> str:
     return f"the gate needs {names}, which {verb} not installed{reason}: {INSTALL}"
 
 
-class MissingDependency(Exception):
-    """A package the gate needs is not installed: its message is the one line to print."""
+class UsageError(Exception):
+    """The gate cannot judge (a bad argument, a target that does not load, a missing package): one line, exit status 2.
+
+    Defined here, not in ``kdpm2_spec.__main__``, which ``python -m`` runs as another module.
+    """

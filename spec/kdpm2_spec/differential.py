@@ -50,7 +50,9 @@ def add_commands(commands: Any) -> None:
         command.add_argument("--examples", type=int, default=60, metavar="N", help="drawn runs (default: 60)")
         command.add_argument("--seed", type=int, default=0, help="seed of the draws (default: 0)")
         command.add_argument("--timeout", type=float, default=600.0, metavar="SECONDS", help="time limit per run")
-    diff.add_argument("--rtol", type=float, default=RTOL, help=f"tolerance, relative to the largest value (default {RTOL:g})")
+    diff.add_argument(
+        "--rtol", type=float, default=RTOL, help=f"tolerance, relative to the largest value (default {RTOL:g})"
+    )
     diff.add_argument("--case", default=None, help="compare one run (a Probe repr, as a report prints it)")
     diff.add_argument("--json", default=None, metavar="FILE", help="write the differences as JSON")
 
@@ -183,7 +185,10 @@ def compare(a: dict[str, Any], b: dict[str, Any], rtol: float = RTOL) -> list[tu
             if key == "call":
                 continue
             values = [_values(call_a.get(key)), _values(call_b.get(key))]
-            size = max([scale] + [float(np.nanmax(np.abs(v))) for v in values if v is not None and v.size and np.isfinite(v).any()])
+            size = max(
+                [scale]
+                + [float(np.nanmax(np.abs(v))) for v in values if v is not None and v.size and np.isfinite(v).any()]
+            )
             how = _differ(call_a.get(key, "absent"), call_b.get(key, "absent"), rtol, size)
             if how is not None:
                 differences.append((key, how))
@@ -214,7 +219,7 @@ class Side:
         if spec.endswith(".json") and path.is_file():
             data = json.loads(path.read_text(encoding="utf-8"))
             if not isinstance(data, dict) or data.get(SNAPSHOT_KEY) != SNAPSHOT_FORMAT:
-                raise _usage(f"{spec}: not a snapshot file (no \"{SNAPSHOT_KEY}\": {SNAPSHOT_FORMAT})")
+                raise _usage(f'{spec}: not a snapshot file (no "{SNAPSHOT_KEY}": {SNAPSHOT_FORMAT})')
             self.snapshot = data
             self.name = f"{data.get('target', '?')} (snapshot {spec})"
             self.args = set(data.get("args", []))
@@ -251,7 +256,7 @@ class Side:
 
 
 def _usage(message: str) -> Exception:
-    from kdpm2_spec.__main__ import UsageError
+    from kdpm2_spec.deps import UsageError
 
     return UsageError(message)
 
@@ -371,7 +376,9 @@ def _diff(args: argparse.Namespace) -> int:
         a.close()
         b.close()
     for group in groups.values():
-        group["reproduce"] = f"python -m kdpm2_spec diff {_quote(args.a)} {_quote(args.b)} --case {_quote(group['case'])}"
+        group["reproduce"] = (
+            f"python -m kdpm2_spec diff {_quote(args.a)} {_quote(args.b)} --case {_quote(group['case'])}"
+        )
         print(
             f"DIFF {group['what']}: {group['how']} | in {group['runs']} of {len(cases)} runs | case: {group['case']} "
             f"| reproduce: {group['reproduce']}"
@@ -400,4 +407,3 @@ def _quote(text: str) -> str:
     from kdpm2_spec.cases import shell_quote
 
     return shell_quote(text)
-

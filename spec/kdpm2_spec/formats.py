@@ -75,7 +75,13 @@ def junit(report: Any) -> ET.ElementTree:
         tests=str(len(report.results)),
         failures=str(len([r for r in report.results if r.new_failure and r.status != "error"]) + len(report.stale)),
         errors=str(len(report.errors)),
-        skipped=str(sum(1 for r in report.results if (r.known or r.status == "unsupported") and not r.new_failure and not r.stale)),
+        skipped=str(
+            sum(
+                1
+                for r in report.results
+                if (r.known or r.status == "unsupported") and not r.new_failure and not r.stale
+            )
+        ),
     )
     props = ET.SubElement(suite, "properties")
     for key, value in (("target", report.target), ("device", report.device), ("dtype", report.dtype)):
@@ -90,9 +96,13 @@ def junit(report: Any) -> ET.ElementTree:
         elif r.new_failure:
             message = r.message if r.status == "fail" else f"newly unsupported: {'; '.join(r.new_notes)}"
             failure = ET.SubElement(case, "failure", type="conformance", message=message)
-            failure.text = f"{message}\nsignature: {'; '.join(r.findings)}\ncase: {r.case!r}\nreproduce: {r.reproducer}\n"
+            failure.text = (
+                f"{message}\nsignature: {'; '.join(r.findings)}\ncase: {r.case!r}\nreproduce: {r.reproducer}\n"
+            )
         elif r.stale:
-            failure = ET.SubElement(case, "failure", type="stale", message=f"expected failures no longer seen: {'; '.join(r.stale)}")
+            failure = ET.SubElement(
+                case, "failure", type="stale", message=f"expected failures no longer seen: {'; '.join(r.stale)}"
+            )
             failure.text = "".join(f"remove from the expectation file: {s}\n" for s in r.stale)
         elif r.known:
             skipped = ET.SubElement(case, "skipped", type="xfail", message=f"expected failure: {r.expected}")

@@ -152,7 +152,9 @@ def parse(data: Any, where: str = "expectations", properties: Any = None) -> Exp
 
         if level is not None and level not in levels.LEVELS:
             raise ValueError(f"--expect {where}: level must be one of {', '.join(levels.LEVELS)}, got {level!r}")
-        expectation = Expectation(level=level, target=str(data.get("target", "")), family=str(data.get("family", "kdpm2")))
+        expectation = Expectation(
+            level=level, target=str(data.get("target", "")), family=str(data.get("family", "kdpm2"))
+        )
         for prop, body in props.items():
             if not isinstance(body, dict) or set(body) - {"failures", "unsupported"}:
                 raise ValueError(f"--expect {where}: {prop!r} must be an object with 'failures' and/or 'unsupported'")
@@ -163,9 +165,13 @@ def parse(data: Any, where: str = "expectations", properties: Any = None) -> Exp
             for item in body.get("failures", []):
                 fields = ("what", "kind", "reason", "case")
                 if not isinstance(item, dict) or not all(isinstance(item.get(k, ""), str) for k in fields):
-                    raise ValueError(f"--expect {where}: each failure of {prop!r} needs strings what, kind, reason, case")
+                    raise ValueError(
+                        f"--expect {where}: each failure of {prop!r} needs strings what, kind, reason, case"
+                    )
                 if not item.get("what") or not item.get("kind") or not _strings(item.get("family", [])):
-                    raise ValueError(f"--expect {where}: a failure of {prop!r} lacks 'what' or 'kind', or 'family' is not a list")
+                    raise ValueError(
+                        f"--expect {where}: a failure of {prop!r} lacks 'what' or 'kind', or 'family' is not a list"
+                    )
                 signature = Signature(prop, item["what"], item["kind"], frozenset(item.get("family", [])))
                 expectation.entries.append(Entry(signature, item.get("reason", ""), item.get("case", "")))
     elif isinstance(data, dict) and all(isinstance(k, str) and isinstance(v, str) for k, v in data.items()):
@@ -176,7 +182,7 @@ def parse(data: Any, where: str = "expectations", properties: Any = None) -> Exp
     else:
         raise ValueError(
             f"--expect {where}: must be a JSON object of property name -> reason (strings), "
-            f"or a file with \"{FORMAT_KEY}\": {FORMAT}"
+            f'or a file with "{FORMAT_KEY}": {FORMAT}'
         )
     if known is not None:
         unknown = sorted((expectation.properties() - known) - set(RENAMED))

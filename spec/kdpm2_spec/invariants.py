@@ -65,7 +65,9 @@ def check_tables_finite(sched: Any, adapter: Adapter = NUMPY) -> None:
             kinds = " and ".join(sorted({where(int(i)) for i in bad}))
             i = int(bad[0])
             found.append(
-                Discrepancy.one(name, f"not finite at {kinds}", f"{name}[{i}]={table[i]!r} is not finite: {excerpt(table, i)}")
+                Discrepancy.one(
+                    name, f"not finite at {kinds}", f"{name}[{i}]={table[i]!r} is not finite: {excerpt(table, i)}"
+                )
             )
     if found:
         raise Discrepancy.merge(found)
@@ -78,12 +80,16 @@ def check_sigmas_decreasing(sched: Any, adapter: Adapter = NUMPY) -> None:
     bad = np.flatnonzero(~(main[:-1] > 0))
     if len(bad):
         i = int(bad[0])
-        raise Discrepancy.one("sigmas", "not positive", f"main sigma {i} must be positive before the last: {excerpt(main, i)}")
+        raise Discrepancy.one(
+            "sigmas", "not positive", f"main sigma {i} must be positive before the last: {excerpt(main, i)}"
+        )
     rise = np.flatnonzero(~(np.diff(main) < 0))
     if len(rise):
         i = int(rise[0]) + 1
         raise Discrepancy.one(
-            "sigmas", "not decreasing", f"main sigmas must strictly decrease, but sigma {i} does not: {excerpt(main, i)}"
+            "sigmas",
+            "not decreasing",
+            f"main sigmas must strictly decrease, but sigma {i} does not: {excerpt(main, i)}",
         )
     if not main[-1] >= 0:
         raise Discrepancy.one("sigmas", "negative final sigma", f"final sigma must not be negative, got {main[-1]!r}")
@@ -113,14 +119,22 @@ def check_interleaved_layout(sched: Any, adapter: Adapter = NUMPY) -> None:
     low = np.flatnonzero(~(sigmas[2:-2:2] >= sigmas[1:-3:2]))
     if len(low):
         i = 2 * int(low[0]) + 2
-        raise fail("sigmas", "first sigma of a step below the last target", f"sigmas[{i}] < sigmas[{i - 1}]: {excerpt(sigmas, i)}")
+        raise fail(
+            "sigmas",
+            "first sigma of a step below the last target",
+            f"sigmas[{i}] < sigmas[{i - 1}]: {excerpt(sigmas, i)}",
+        )
     pairs = np.flatnonzero(interpol[1:-1:2] != interpol[2::2])
     if len(pairs):
         i = 2 * int(pairs[0]) + 1
         raise fail("sigmas_interpol", "midpoints not in pairs", f"midpoints must come in pairs: {excerpt(interpol, i)}")
     if timesteps[0] != timesteps.max():
         i = int(np.argmax(timesteps))
-        raise fail("timesteps", "first not the largest", f"timesteps[0]={timesteps[0]!r} must be the largest: {excerpt(timesteps, i)}")
+        raise fail(
+            "timesteps",
+            "first not the largest",
+            f"timesteps[0]={timesteps[0]!r} must be the largest: {excerpt(timesteps, i)}",
+        )
 
 
 ROUNDING_RISE = 0.5
@@ -148,14 +162,18 @@ def check_timesteps_range(sched: Any, adapter: Adapter = NUMPY, num_train_timest
     below = np.flatnonzero(~(timesteps >= 0))
     if len(below):
         i = int(below[0])
-        found.append(Discrepancy.one("timesteps", "below 0", f"timesteps[{i}]={timesteps[i]!r} is negative: {excerpt(timesteps, i)}"))
+        found.append(
+            Discrepancy.one(
+                "timesteps", "below 0", f"timesteps[{i}]={timesteps[i]!r} is negative: {excerpt(timesteps, i)}"
+            )
+        )
     above = np.flatnonzero(timesteps > num_train_timesteps - 1)
     if len(above):
         i = int(above[0])
         found.append(
             Discrepancy.one(
                 "timesteps",
-                f"above T - 1",
+                "above T - 1",
                 f"timesteps[{i}]={timesteps[i]!r} is above {num_train_timesteps - 1}: {excerpt(timesteps, i)}",
             )
         )
@@ -224,7 +242,9 @@ def check_index_for_timestep(sched: Any, adapter: Adapter = NUMPY) -> None:
             f"index_for_timestep({absent}) raised {type(error).__name__}: {error}, but should raise ValueError",
         ) from None
     raise Discrepancy.one(
-        "index_for_timestep", "no error for an absent timestep", f"index_for_timestep({absent}) must raise for a timestep not in the schedule"
+        "index_for_timestep",
+        "no error for an absent timestep",
+        f"index_for_timestep({absent}) must raise for a timestep not in the schedule",
     )
 
 
@@ -332,7 +352,9 @@ def check_exact_denoiser(
             )
         return ratio
 
-    worst = land("add_noise", "not x0 + sigma * noise", x, x0 + sigmas[begin_index] * noise, f"add_noise at call {begin_index}")
+    worst = land(
+        "add_noise", "not x0 + sigma * noise", x, x0 + sigmas[begin_index] * noise, f"add_noise at call {begin_index}"
+    )
     sample = noisy
     for k in range(begin_index, len(values)):
         t = timesteps[k]

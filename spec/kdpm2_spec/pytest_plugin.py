@@ -119,7 +119,7 @@ class PropertyItem(pytest.Item):
     """One property checked against the target (in the session's worker process)."""
 
     def runtest(self) -> None:
-        child, _, expect = self.config.stash[_TARGET]
+        child, _, _ = self.config.stash[_TARGET]
         result = child.check(self.name)
         if result.status == "error":
             raise PropertyFailed(f"ERROR: {result.message}")

@@ -75,9 +75,7 @@ class Result:
         stale = f" | stale: {'; '.join(self.stale)}" if self.stale else ""
         if self.status == "fail":
             signature = f" | signature: {'; '.join(self.findings)}" if self.findings else ""
-            return (
-                f"FAIL {self.name}: {self.message}{signature} | case: {self.case!r} | reproduce: {self.reproducer}{stale}"
-            )
+            return f"FAIL {self.name}: {self.message}{signature} | case: {self.case!r} | reproduce: {self.reproducer}{stale}"
         if self.new_notes:
             return f"FAIL {self.name}: unsupported, which the expectation does not allow: {'; '.join(self.new_notes)}"
         if self.stale:
@@ -211,7 +209,9 @@ class Report:
 
     def header(self) -> str:
         """The first line: target, device, dtype, Hypothesis profile and seed, and the tolerance."""
-        seed = str(self.seed) if self.seed is not None else "0 (fixed by the profile)" if self.derandomized else "random"
+        seed = (
+            str(self.seed) if self.seed is not None else "0 (fixed by the profile)" if self.derandomized else "random"
+        )
         floor = catalog.DTYPE_RTOL[self.dtype]
         tolerance = f"level {self.gate_level}" if floor == 0 else f"at least {floor:g} relative (loops)"
         return (

@@ -18,6 +18,7 @@ survives a target that ends the process.
 from __future__ import annotations
 
 import contextlib
+import functools
 import tempfile
 import time
 import traceback
@@ -27,7 +28,7 @@ from typing import Any
 
 from kdpm2_spec import catalog, levels
 from kdpm2_spec import strategies as ks
-from kdpm2_spec.discrepancy import Discrepancy, Finding, findings_of
+from kdpm2_spec.discrepancy import Finding, findings_of
 from kdpm2_spec.registry import FAMILIES, Target, Unsupported, take_notes
 from kdpm2_spec.report import Report, Result
 from kdpm2_spec.signatures import Signature, features, minimal_family
@@ -104,6 +105,10 @@ def attempt(target: Target, name: str, case: Any) -> tuple[BaseException | None,
             raise
         return error, take_notes()
     return None, take_notes()
+
+
+def _shows(target: Target, name: str, finding: Finding, case: Any) -> bool:
+    return shows(target, name, case, finding)
 
 
 def shows(target: Target, name: str, case: Any, finding: Finding) -> bool:
@@ -189,7 +194,10 @@ def check_one(
             entries = [expect.match(name, f, features(case)) for f in found]
             if all(entries):
                 for entry in entries:
-                    known.setdefault(str(entry.signature), {"signature": str(entry.signature), "reason": entry.reason, "case": repr(case)})
+                    known.setdefault(
+                        str(entry.signature),
+                        {"signature": str(entry.signature), "reason": entry.reason, "case": repr(case)},
+                    )
                 return
         failing.append((case, error))
         raise error
@@ -246,7 +254,11 @@ def check_one(
     if record:
         result.recorded = _families(target, name, recorded)
         result.known = [
-            {"signature": str(Signature(name, r["what"], r["kind"], frozenset(r["family"]))), "reason": "", "case": r["case"]}
+            {
+                "signature": str(Signature(name, r["what"], r["kind"], frozenset(r["family"]))),
+                "reason": "",
+                "case": r["case"],
+            }
             for r in result.recorded
         ]
         return result
@@ -280,11 +292,17 @@ def _families(target: Target, name: str, recorded: dict[Finding, list[tuple[Any,
         for case, message in cases[:12]:
             if any(family <= features(case) for family, _, _ in families):
                 continue
-            family, smallest = minimal_family(case, finding, lambda c, f=finding: shows(target, name, c, f))
+            family, smallest = minimal_family(case, finding, functools.partial(_shows, target, name, finding))
             families = [f for f in families if not family <= f[0]] + [(family, smallest, message)]
         for family, smallest, message in families:
             out.append(
-                {"what": finding.what, "kind": finding.kind, "family": sorted(family), "case": repr(smallest), "message": message}
+                {
+                    "what": finding.what,
+                    "kind": finding.kind,
+                    "family": sorted(family),
+                    "case": repr(smallest),
+                    "message": message,
+                }
             )
     return out
 
@@ -306,7 +324,11 @@ def _stale(target: Target, name: str, expect: Any, known: dict[str, dict[str, st
             case = parse_case(entry.case) if entry.case else None
         except ValueError:
             case = None
-        if case is not None and entry.signature.family <= features(case) and shows(target, name, case, entry.signature.finding):
+        if (
+            case is not None
+            and entry.signature.family <= features(case)
+            and shows(target, name, case, entry.signature.finding)
+        ):
             continue
         stale.append(text)
     return stale
@@ -319,7 +341,11 @@ def check_case(
 
     Raises ``Unsupported`` when the property does not run in ``dtype``.
     """
-    target = cls_or_adapter if isinstance(cls_or_adapter, Target) else Target.of(cls_or_adapter, device, dtype, family=family)
+    target = (
+        cls_or_adapter
+        if isinstance(cls_or_adapter, Target)
+        else Target.of(cls_or_adapter, device, dtype, family=family)
+    )
     if dtype_name(target) not in catalog.dtypes_of(name):
         raise Unsupported(f"{name} runs in {' or '.join(catalog.dtypes_of(name))} only")
     target.properties[name].check(target, case)
@@ -380,7 +406,9 @@ def run(
     return report
 
 
-def start_report(target: Target, profile: str, seed: int | None, database: str | None, expect: Any, level: str) -> Report:
+def start_report(
+    target: Target, profile: str, seed: int | None, database: str | None, expect: Any, level: str
+) -> Report:
     """An empty report of a run with these settings (its header is printed before any result)."""
     fixed = derandomized(profile) and database is None
     device = str(getattr(target.adapter, "device", "cpu"))

@@ -17,6 +17,7 @@ So a verdict of 0 needs an answer for every property, and the summary is the par
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import selectors
@@ -106,10 +107,8 @@ class Worker:
                     self.proc.kill()
             self.proc.wait()
             if self.proc.stdin is not None:
-                try:
+                with contextlib.suppress(OSError):
                     self.proc.stdin.close()
-                except OSError:
-                    pass
             self.proc = None
             os.close(self._read_fd)
 
@@ -192,7 +191,9 @@ class _Session:
         self.settings = init
         try:
             cls = load(init["target"])
-            self.target = Target.of(cls, init.get("device", "cpu"), init.get("dtype", "float64"), init["target"], init.get("family"))
+            self.target = Target.of(
+                cls, init.get("device", "cpu"), init.get("dtype", "float64"), init["target"], init.get("family")
+            )
         except (UsageError, ValueError) as error:
             raise _Refused(str(error)) from None
         data = init.get("expect")
@@ -289,7 +290,11 @@ def serve(fd: int) -> None:
             except SystemExit as exit_:  # outside a check (loading the target): the parent reports it
                 answer({"usage": f"the target called sys.exit({exit_.code!r}) while loading"})
             except Exception as error:
-                answer({"usage": f"{type(error).__name__}: {error}"} if op == "init" else {"error": f"{type(error).__name__}: {error}"})
+                answer(
+                    {"usage": f"{type(error).__name__}: {error}"}
+                    if op == "init"
+                    else {"error": f"{type(error).__name__}: {error}"}
+                )
 
 
 if __name__ == "__main__":
