@@ -194,7 +194,7 @@ def _check(args: argparse.Namespace) -> int:
         unknown = sorted(set(args.only or ()) - set(names))
         if unknown:
             raise UsageError(f"unknown properties {unknown}; choose from {', '.join(names)}")
-        if expect is not None and not expect.legacy:
+        if expect is not None:
             stray = sorted(expect.properties() - set(names))
             if stray:
                 raise UsageError(f"--expect {expect.source}: unknown properties {stray}")

@@ -161,7 +161,8 @@ def parse(data: Any, where: str = "expectations", properties: Any = None) -> Exp
             notes = body.get("unsupported", [])
             if not _strings(notes):
                 raise ValueError(f"--expect {where}: {prop}.unsupported must be a list of strings")
-            expectation.unsupported[prop] = list(notes)
+            if notes:
+                expectation.unsupported[prop] = list(notes)
             for item in body.get("failures", []):
                 fields = ("what", "kind", "reason", "case")
                 if not isinstance(item, dict) or not all(isinstance(item.get(k, ""), str) for k in fields):

@@ -134,7 +134,7 @@ class PropertyItem(pytest.Item):
             raise PropertyFailed(f"stale expectation: {self.name} no longer fails as listed: {'; '.join(result.stale)}")
         if result.status == "unsupported":
             pytest.skip(result.message)
-        if result.known:
+        if result.status == "xfail":
             pytest.xfail(f"expected: {result.expected}")
 
     def repr_failure(self, excinfo: pytest.ExceptionInfo[BaseException], style: Any = None) -> str | Any:

@@ -1,10 +1,10 @@
 """The outcome of a conformance run: one ``Result`` per property, and the ``Report`` of all.
 
-A result is ``pass``, ``fail``, ``unsupported`` or ``error`` (the gate could not finish the
-property: the target blocked past the time limit or ended the process). With an expectation file
-(``kdpm2_spec.gate``) a result also carries the known failures it saw (``XFAIL`` when those are
-all it found), the expected signatures it no longer shows (``STALE``) and unsupported checks the
-file does not allow. The report's ``Report.exit_status`` is what ``python -m kdpm2_spec check``
+A result is ``pass``, ``fail``, ``xfail`` (failed only as an expectation file expects, see
+``kdpm2_spec.gate``), ``unsupported`` or ``error`` (the gate could not finish the property: the
+target blocked past the time limit or ended the process). With an expectation a result also
+carries the known failures it saw, the expected signatures it no longer shows (``STALE``) and
+unsupported checks the file does not allow. The report's ``Report.exit_status`` is what ``python -m kdpm2_spec check``
 exits with, and ``Report.level`` the numerical level the run met (``kdpm2_spec.levels``).
 """
 
@@ -27,9 +27,9 @@ class CaseText(str):
 class Result:
     """The outcome of one property.
 
-    ``status``: ``pass`` (every case that ran agreed, or disagreed only as expected), ``fail`` (a
-    failure no expectation covers: ``message``, ``case``, ``reproducer`` and its ``findings``),
-    ``unsupported`` (no case could run: ``message`` says why) or ``error``. ``known`` lists the
+    ``status``: ``pass`` (every case that ran agreed), ``xfail`` (some disagreed, all only as
+    expected), ``fail`` (a failure no expectation covers: ``message``, ``case``, ``reproducer`` and
+    its ``findings``), ``unsupported`` (no case could run: ``message`` says why) or ``error``. ``known`` lists the
     expected signatures seen (text, reason, a case); ``stale`` the expected ones not seen whose
     recorded case no longer fails that way; ``notes`` why some cases or comparisons could not run
     (with their counts) and ``new_notes`` those the expectation does not allow; ``errors`` the
@@ -66,7 +66,7 @@ class Result:
     @property
     def xfail(self) -> bool:
         """Failed only as expected."""
-        return bool(self.known) and not self.new_failure
+        return self.status == "xfail" and not self.new_failure
 
     def line(self) -> str:
         """One line of the report (a failure's message, signature, case and reproducer follow on it)."""
@@ -83,7 +83,7 @@ class Result:
                 f"STALE {self.name}: expected failures no longer seen (their recorded cases pass): "
                 f"{'; '.join(self.stale)}"
             )
-        if self.known:
+        if self.status == "xfail":
             seen = "; ".join(f"{k['signature']} (e.g. {k['case']})" for k in self.known)
             return f"XFAIL {self.name}: known failures only: {seen}"
         if self.status == "unsupported":
@@ -142,12 +142,12 @@ class Report:
 
     @property
     def passed(self) -> list[str]:
-        return [r.name for r in self.results if r.status == "pass" and not r.known and not r.new_failure]
+        return [r.name for r in self.results if r.status == "pass" and not r.new_failure]
 
     @property
     def failed(self) -> list[str]:
         """Properties that failed, as expected or not (errors included)."""
-        return [r.name for r in self.results if r.status in ("fail", "error") or r.known or r.new_notes]
+        return [r.name for r in self.results if r.status in ("fail", "error", "xfail") or r.new_notes]
 
     @property
     def unsupported(self) -> list[str]:

@@ -261,11 +261,12 @@ def check_one(
             }
             for r in result.recorded
         ]
-        return result
-    if expect is not None:
+    elif expect is not None:
         result.known = list(known.values())
         result.new_notes = [n for n in result.notes if not expect.allows(name, n)]
         result.stale = _stale(target, name, expect, known, result)
+    if result.known and result.status == "pass":
+        result.status = "xfail"
     return result
 
 
@@ -317,7 +318,7 @@ def _stale(target: Target, name: str, expect: Any, known: dict[str, dict[str, st
         if text in known:
             continue
         if entry.signature.what == "*":  # a whole-property expectation: stale when the property met no failure
-            if result.status == "pass" and not result.known:
+            if result.status == "pass":
                 stale.append(f"{text} ({entry.reason})" if entry.reason else text)
             continue
         try:
