@@ -212,6 +212,7 @@ def _check(args: argparse.Namespace) -> int:
             fixed,
             args.level,
             hello["family"],
+            {"constructor": hello["args"], "set_timesteps": hello["set_timesteps_args"]},
         )
         print(run.header(), flush=True)
         for name in args.only or names:
@@ -230,6 +231,8 @@ def _finish(args: argparse.Namespace, run: Any, expect: Any, gate: Any, formats:
         for result in run.results:  # the run now meets the file just written
             result.new_notes, result.stale = [], []
         print(f"# wrote {args.write_expect}: {len(written.entries)} expected failures", file=sys.stderr)
+    if run.arguments_line():
+        print(run.arguments_line(), flush=True)
     print(run.summary(), flush=True)
     if args.json is not None:
         formats.write_json(run, args.json)

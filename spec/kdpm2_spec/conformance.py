@@ -104,6 +104,14 @@ SCHEDULE_EXAMPLES = (
 )
 """Pinned schedules: diffusers' known edge cases, the bugs this suite found, and one of each family."""
 
+REPEATED_BEGIN = (
+    # the begin index must win over the lookup: with diffusers' rounded Karras timesteps, call 94 of 50
+    # steps has timestep 1.0, as call 96 has, and a lookup would pick call 96
+    ks.Resume({"use_karras_sigmas": True}, 50, 47),
+    ks.Resume({"use_karras_sigmas": True, "round_karras_timesteps": True}, 50, 47),
+)
+"""Pinned resumptions at a timestep that repeats (for the implementations that repeat it)."""
+
 LOOP_EXAMPLES = (
     *(ks.Loop(s.config, s.steps, None, 0.1, 0, (2, 3)) for s in SCHEDULE_EXAMPLES),
     ks.Loop({"beta_schedule": "squaredcos_cap_v2", "discard_penultimate_sigma": True}, 1, None, 0.0, 0, (2, 3)),
@@ -113,6 +121,7 @@ LOOP_EXAMPLES = (
     # after s_0 = 20291 -> m_0 = 11.4; it now uses the reference's float64 sigmas
     ks.Loop({"beta_schedule": "squaredcos_cap_v2"}, 2, 0, 0.0, 0, (2, 3)),
     ks.Loop({"prediction_type": "v_prediction", "timestep_spacing": "leading"}, 20, 4, 0.5, 3, (2, 3)),
+    *(ks.Loop(r.config, r.steps, r.begin, 0.1, 0, (2, 3)) for r in REPEATED_BEGIN),
 )
 """Pinned loops: the schedules above, plus cancellation at sigma 157, a skipped first call, image to image."""
 
@@ -180,7 +189,7 @@ for _name in INVARIANTS:
 
 @prop(
     lambda target: ks.resumes(target.args, churn=False),
-    tuple(ks.Resume(s.config, s.steps, s.steps // 2) for s in SCHEDULE_EXAMPLES[:6]),
+    (*REPEATED_BEGIN, *(ks.Resume(s.config, s.steps, s.steps // 2) for s in SCHEDULE_EXAMPLES[:6])),
 )
 def step_alternates_from_begin(target: Target, case: ks.Resume) -> None:
     """After ``set_begin_index(2i)``, ``step`` alternates first and second order from call ``2i`` on, one index a call."""
@@ -258,6 +267,7 @@ def timestep_of_sigma(target: Target, case: ks.Schedule) -> None:
     lambda target: ks.loops(target.args, churn=False).filter(lambda c: c.begin is not None),
     (
         *(c._replace(begin=c.steps // 2) for c in LOOP_EXAMPLES[:8]),
+        *(ks.Loop(r.config, r.steps, r.begin, 0.1, 0, (2, 3)) for r in REPEATED_BEGIN),
         # diffusers: sigma differences taken in float32 (about 2e4 here) move a float64 loop off x0 + s * noise
         ks.Loop(
             {"beta_schedule": "squaredcos_cap_v2", "steps_offset": 1, "use_beta_sigmas": True}, 5, 0, 0.1, 13914, (2, 3)

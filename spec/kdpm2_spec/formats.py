@@ -44,6 +44,8 @@ def as_dict(report: Any) -> dict[str, Any]:
         "gate_level": report.gate_level,
         "level": report.level,
         "expected_level": report.expected_level,
+        "arguments": report.arguments,
+        "lost_arguments": report.lost_arguments,
         "versions": versions(report.target),
         "exit_status": report.exit_status,
         "summary": report.summary(),

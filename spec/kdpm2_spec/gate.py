@@ -2,14 +2,15 @@
 
 An expectation file records, for one implementation, the *signatures* of its known failures
 (``kdpm2_spec.signatures``: which table or output, which kind of discrepancy, which family of
-configurations), the checks it cannot be asked (``unsupported``) and the numerical level it meets
-(``kdpm2_spec.levels``)::
+configurations), the checks it cannot be asked (``unsupported``), the arguments its constructor and
+``set_timesteps`` accept and the numerical level it meets (``kdpm2_spec.levels``)::
 
     {
       "kdpm2_spec_expectations": 2,
       "target": "diffusers:KDPM2DiscreteScheduler",
       "family": "kdpm2",
       "level": "float32 tables",
+      "arguments": {"constructor": ["beta_end", "..."], "set_timesteps": ["device", "..."]},
       "properties": {
         "tables_finite": {
           "failures": [
@@ -22,8 +23,8 @@ configurations), the checks it cannot be asked (``unsupported``) and the numeric
     }
 
 A run given the file fails (exit status 1) on any failure none of the signatures covers, a new
-kind in an already failing property included; on an unsupported check the file does not list; and
-on a looser numerical level. A listed signature that the run did not see and whose recorded
+kind in an already failing property included; on an unsupported check the file does not list; on
+an argument the file lists that the class no longer accepts; and on a looser numerical level. A listed signature that the run did not see and whose recorded
 ``case`` no longer shows it is *stale* (exit status 3). ``--write-expect`` writes the file from a
 run (merged with ``--expect``'s when both are given, so several seeds can be recorded into one).
 
@@ -85,6 +86,7 @@ class Expectation:
     family: str = "kdpm2"
     legacy: bool = False
     source: str = ""
+    arguments: dict[str, list[str]] = field(default_factory=dict)
 
     def of(self, prop: str) -> list[Entry]:
         """The expected failures of property ``prop``."""
@@ -113,6 +115,7 @@ class Expectation:
             "target": self.target,
             "family": self.family,
             "level": self.level,
+            "arguments": {k: sorted(v) for k, v in self.arguments.items()},
             "properties": props,
         }
 
@@ -155,6 +158,10 @@ def parse(data: Any, where: str = "expectations", properties: Any = None) -> Exp
         expectation = Expectation(
             level=level, target=str(data.get("target", "")), family=str(data.get("family", "kdpm2"))
         )
+        arguments = data.get("arguments", {})
+        if not isinstance(arguments, dict) or not all(_strings(v) for v in arguments.values()):
+            raise ValueError(f"--expect {where}: 'arguments' must map 'constructor'/'set_timesteps' to lists of names")
+        expectation.arguments = {str(k): list(v) for k, v in arguments.items()}
         for prop, body in props.items():
             if not isinstance(body, dict) or set(body) - {"failures", "unsupported"}:
                 raise ValueError(f"--expect {where}: {prop!r} must be an object with 'failures' and/or 'unsupported'")
@@ -223,6 +230,7 @@ def from_report(report: Any, previous: Expectation | None = None) -> Expectation
         target=report.target,
         family=getattr(report, "family", "kdpm2"),
         level=report.level if report.level != "-" else None,
+        arguments={k: sorted(v) for k, v in getattr(report, "arguments", {}).items()},
     )
     if previous is not None and not previous.legacy:
         merged.entries = list(previous.entries)

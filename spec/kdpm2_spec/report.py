@@ -139,6 +139,7 @@ class Report:
     derandomized: bool = True
     gate_level: str = levels.DEFAULT
     family: str = "kdpm2"
+    arguments: dict[str, list[str]] = field(default_factory=dict)
 
     @property
     def passed(self) -> list[str]:
@@ -193,9 +194,16 @@ class Report:
         return want is not None and got != "-" and levels.stricter(got, want)
 
     @property
+    def lost_arguments(self) -> dict[str, list[str]]:
+        """Arguments the expectation records that the class no longer accepts (``constructor``, ``set_timesteps``)."""
+        recorded = getattr(self.expect, "arguments", None) or {}
+        lost = {k: sorted(set(v) - set(self.arguments.get(k, []))) for k, v in recorded.items() if self.arguments}
+        return {k: v for k, v in lost.items() if v}
+
+    @property
     def ok(self) -> bool:
         """No failure, or (with expectations) none that is not expected."""
-        return not self.new_failures and not self.level_dropped
+        return not self.new_failures and not self.level_dropped and not self.lost_arguments
 
     @property
     def exit_status(self) -> int:
@@ -231,6 +239,14 @@ class Report:
             text += f" (stale: the expectation records {self.expected_level})"
         return text
 
+    def arguments_line(self) -> str:
+        """A failure line for lost arguments (``""``: none)."""
+        lost = self.lost_arguments
+        if not lost:
+            return ""
+        text = "; ".join(f"{where} no longer accepts {', '.join(names)}" for where, names in lost.items())
+        return f"FAIL arguments: {text} (the expectation records them)"
+
     def summary(self) -> str:
         """The last line: ``N passed, M failed`` (unsupported properties are listed, not counted).
 
@@ -245,4 +261,5 @@ class Report:
         return f"{text}; {level}" if level else text
 
     def __str__(self) -> str:
-        return "\n".join([self.header(), *(r.line() for r in self.results), self.summary()])
+        lines = [self.header(), *(r.line() for r in self.results), self.arguments_line(), self.summary()]
+        return "\n".join(line for line in lines if line)

@@ -325,6 +325,8 @@ def _stale(target: Target, name: str, expect: Any, known: dict[str, dict[str, st
             case = parse_case(entry.case) if entry.case else None
         except ValueError:
             case = None
+        if case is not None and not set(getattr(case, "config", None) or {}) <= target.args:
+            continue  # the class no longer takes the case's arguments: a lost argument, reported as such
         if (
             case is not None
             and entry.signature.family <= features(case)
@@ -413,4 +415,7 @@ def start_report(
     """An empty report of a run with these settings (its header is printed before any result)."""
     fixed = derandomized(profile) and database is None
     device = str(getattr(target.adapter, "device", "cpu"))
-    return Report(target.name, [], device, dtype_name(target), profile, seed, expect, fixed, level, target.family)
+    arguments = {"constructor": sorted(target.args), "set_timesteps": sorted(target.set_timesteps_args)}
+    return Report(
+        target.name, [], device, dtype_name(target), profile, seed, expect, fixed, level, target.family, arguments
+    )
