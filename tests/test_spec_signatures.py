@@ -207,6 +207,7 @@ def test_a_malformed_expectation_is_a_value_error(data: Any, message: str) -> No
 def test_the_shipped_file_parses_and_names_known_properties() -> None:
     expect = gate.load("diffusers-0.42", conformance.PROPERTIES)
     assert not expect.legacy and expect.level == "float32 tables"
+    assert "use_karras_sigmas" in expect.arguments["constructor"] and "sigmas" not in expect.arguments["set_timesteps"]
     assert all(e.reason and e.case for e in expect.entries)
     assert "custom_sigmas" in expect.unsupported
 
@@ -231,4 +232,20 @@ def test_a_looser_level_than_the_expectation_records_fails() -> None:
     gated = conformance.run(
         Float32TablesReference, profile="dev", only=["sampling_loop"], seed=4, level="exact", shrink=False
     )
-    assert gated["sampling_loop"].status == "fail" and "1e-12" in gated["sampling_loop"].message
+    assert gated["sampling_loop"].status == "fail" and "e-12 * " in gated["sampling_loop"].message
+
+
+def test_an_argument_the_class_no_longer_takes_fails_the_expectation() -> None:
+    class NoKarras(KDPM2DiscreteScheduler):
+        def __init__(self, num_train_timesteps: int = 1000, prediction_type: str = "epsilon") -> None:
+            super().__init__(num_train_timesteps=num_train_timesteps, prediction_type=prediction_type)
+
+    recorded = gate.Expectation(arguments={"constructor": ["num_train_timesteps", "use_karras_sigmas"]})
+    report = conformance.run(NoKarras, profile="dev", only=["tables_finite"], expect=recorded)
+    assert report.lost_arguments == {"constructor": ["use_karras_sigmas"]}
+    assert report.exit_status == conformance.EXIT_FAILED
+    assert "FAIL arguments: constructor no longer accepts use_karras_sigmas (the expectation records them)" in str(
+        report
+    )
+    same = gate.Expectation(arguments={"constructor": ["num_train_timesteps"]})
+    assert conformance.run(NoKarras, profile="dev", only=["tables_finite"], expect=same).exit_status == 0

@@ -87,6 +87,7 @@ class Expectation:
     legacy: bool = False
     source: str = ""
     arguments: dict[str, list[str]] = field(default_factory=dict)
+    mentioned: set[str] = field(default_factory=set)
 
     def of(self, prop: str) -> list[Entry]:
         """The expected failures of property ``prop``."""
@@ -101,7 +102,8 @@ class Expectation:
         return self.legacy or note in self.unsupported.get(prop, [])
 
     def properties(self) -> set[str]:
-        return {e.signature.prop for e in self.entries} | set(self.unsupported)
+        """Every property the file names."""
+        return {e.signature.prop for e in self.entries} | set(self.unsupported) | self.mentioned
 
     def as_json(self) -> dict[str, Any]:
         props: dict[str, dict[str, Any]] = {}
@@ -162,6 +164,7 @@ def parse(data: Any, where: str = "expectations", properties: Any = None) -> Exp
         if not isinstance(arguments, dict) or not all(_strings(v) for v in arguments.values()):
             raise ValueError(f"--expect {where}: 'arguments' must map 'constructor'/'set_timesteps' to lists of names")
         expectation.arguments = {str(k): list(v) for k, v in arguments.items()}
+        expectation.mentioned = set(props)
         for prop, body in props.items():
             if not isinstance(body, dict) or set(body) - {"failures", "unsupported"}:
                 raise ValueError(f"--expect {where}: {prop!r} must be an object with 'failures' and/or 'unsupported'")

@@ -78,9 +78,17 @@ def supported_args(cls: Any) -> frozenset[str]:
 
 
 def set_timesteps_args(cls: Any) -> frozenset[str]:
-    """Names of the keyword arguments ``cls.set_timesteps`` accepts (custom ``timesteps``/``sigmas``?)."""
+    """Names of the keyword arguments ``cls.set_timesteps`` accepts (custom ``timesteps``/``sigmas``?).
+
+    A ``**kwargs`` (a subclass passing everything on) accepts the reference's arguments.
+    """
     params = inspect.signature(cls.set_timesteps).parameters
-    return frozenset(k for k in params if k != "self")
+    named = frozenset(k for k, p in params.items() if k != "self" and p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD))
+    if any(p.kind is p.VAR_KEYWORD for p in params.values()):
+        from kdpm2_spec.reference import Reference
+
+        return named | set_timesteps_args(Reference)
+    return named
 
 
 num_train_timesteps = st.sampled_from([1000, 1000, 1000, 200])
