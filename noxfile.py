@@ -86,7 +86,8 @@ def _check_wheel(session: nox.Session, root: Path) -> None:
     session.run("python", "-m", "build", "--outdir", str(dist), ".")
     wheel_file = next(dist.glob("kdpm2-*.whl"))
     names = zipfile.ZipFile(wheel_file).namelist()
-    assert "kdpm2_spec/expectations/diffusers-0.42.json" in names, "the wheel lacks the gate's expectations"
+    for shipped in ("diffusers-0.42", "diffusers-0.42-ancestral"):
+        assert f"kdpm2_spec/expectations/{shipped}.json" in names, f"the wheel lacks the gate's {shipped} expectations"
     sdist = next(dist.glob("kdpm2-*.tar.gz"))
     listing = subprocess.run(["tar", "-tzf", str(sdist)], capture_output=True, text=True, check=True).stdout
     for figures in ("comfyui", "a1111", "ancestral", "spread", "README"):
@@ -117,6 +118,8 @@ def _check_wheel(session: nox.Session, root: Path) -> None:
     session.log(outside(python, *gate))
     plugin = ("-m", "pytest", "-p", "no:cacheprovider", "--kdpm2-target", target, "--kdpm2-profile", "ci")
     session.log(outside(python, *plugin))
+    ancestral = ("-m", "kdpm2_spec", "check", "kdpm2:KDPM2AncestralDiscreteScheduler", "--profile", "ci")
+    session.log(outside(python, *ancestral))
     # torch is a CUDA build of several GB from PyPI: one such venv at a time, or CI's disk fills
     shutil.rmtree(root / "with-spec")
 
@@ -249,6 +252,20 @@ def demo(session: nox.Session) -> None:
     """Run the demo: sample a closed-form Gaussian problem and print the error."""
     session.install(*TORCH, ".")
     session.run("python", "-m", "kdpm2", "demo", *session.posargs)
+
+
+@nox.session(default=False)
+def planted(session: nox.Session) -> None:
+    """Plant each realistic bug of ``tests/planted_diffusers.py`` in diffusers' KDPM2 scheduler and run the gate.
+
+    Every bug must fail ``python -m kdpm2_spec check ... --expect diffusers-0.42`` (about 40
+    minutes on two cores; posargs go to the script, e.g. ``-- --seed 3 --jobs 2``).
+    """
+    session.install(*TORCH, ".", *group("test"))
+    session.run(
+        "python", "tests/planted_diffusers.py", "--json", "docs/scripts/planted_diffusers.json", *session.posargs
+    )
+    session.run("python", "docs/scripts/ci_tables.py")
 
 
 @nox.session(default=False)

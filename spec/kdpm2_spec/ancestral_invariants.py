@@ -28,6 +28,7 @@ from kdpm2_spec.adapter import Adapter, NumpyAdapter
 from kdpm2_spec.ancestral import AncestralReference, ancestral_step
 from kdpm2_spec.invariants import table_rtol
 from kdpm2_spec.reference import Reference, model_output_for
+from kdpm2_spec.registry import Unsupported  # the gate's: a check that cannot run is reported apart
 
 NUMPY = NumpyAdapter(AncestralReference)
 
@@ -35,8 +36,6 @@ NOISE_Z = 5.33
 """Two-sided z bound of the noise statistics: a false alarm in 1e-7 per statistic (Gaussian tail)."""
 
 
-class Unsupported(Exception):
-    """The class lacks what a check needs; reported apart from failures."""
 
 
 # -- tables -----------------------------------------------------------------------------------
