@@ -671,5 +671,5 @@ def convergence_order(target: Target, case: None) -> None:
     invariants.check_convergence_order(lambda: target.create({}), target.adapter)
 
 
-from kdpm2_spec.runner import check_case, check_one, run  # noqa: E402 - the runner reads PROPERTIES at call time
 from kdpm2_spec import ancestral_family as ancestral_family  # noqa: E402 - registers the DPM2 a family
+from kdpm2_spec.runner import check_case, check_one, run  # noqa: E402 - the runner reads PROPERTIES at call time
