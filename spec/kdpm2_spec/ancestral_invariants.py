@@ -36,8 +36,6 @@ NOISE_Z = 5.33
 """Two-sided z bound of the noise statistics: a false alarm in 1e-7 per statistic (Gaussian tail)."""
 
 
-
-
 # -- tables -----------------------------------------------------------------------------------
 
 
