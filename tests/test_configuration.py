@@ -178,7 +178,7 @@ def test_save_and_load_errors(tmp_path: pathlib.Path) -> None:
     with pytest.raises(AssertionError):  # what diffusers raises
         s.save_pretrained(file)
     assert not (tmp_path / CONFIG_NAME).exists()
-    with pytest.raises(OSError, match=r"^'.*/nothing' is not a local file or directory \(kdpm2 reads configs from"):
+    with pytest.raises(OSError, match=r"^'.*/nothing' is not a local file or directory \(nor a Hugging Face Hub id"):
         KDPM2DiscreteScheduler.from_pretrained(tmp_path / "nothing")
     empty = tmp_path / "empty"
     empty.mkdir()

@@ -17,26 +17,43 @@ from kdpm2_spec.reference import Reference
 ROOT = Path(__file__).resolve().parents[1]
 
 DIFFUSERS_FAILURES = {
-    "tables_finite": "sigmas_interpol[0] is NaN (log 0 in the midpoint lerp; diffusers #14368)",
-    "timesteps_range": "Karras main timesteps are rounded, midpoints not: from ~48 steps they repeat and rise "
-    "(#5746); trailing spacing yields a -1 timestep for some n (61 of 1000)",
-    "tables_match_reference": "same three: NaN sigmas_interpol[0], rounded Karras timesteps, n + 1 trailing timesteps",
-    "sampling_loop": "trailing spacing with n = 61 gives 123 calls instead of 121 (np.arange(T, 0, -T / n) overshoots)",
-    "sampling_loop_exact": "float32 sigma tables: a float64 loop is 1e-9 relative off the float64 spec",
-    "prediction_sample": "prediction_type='sample' raises NotImplementedError in step",
-    "float32_loop": "the n + 1 trailing timesteps again (the float32 arithmetic itself is within 1e-5)",
-    "low_precision_step": "float16/bfloat16 step computed in the tensor dtype, several roundings (x - (x - s eps)) / s",
-    "illegal_calls": "set_begin_index accepts any value; out-of-range indices fail later or never",
-    "exact_denoiser": "dt = sigma_next - sigma_hat is taken between float32 0-d tensors, so with squaredcos_cap_v2 "
-    "(sigma about 2e4) a float64 loop lands 1e-6 of sigma_max away from x0 + s * noise",
+    "tables_finite": {"sigmas_interpol: not finite at the first entry [any configuration]"},
+    "timesteps_range": {
+        "timesteps: rise by less than 0.5 [use_karras_sigmas=True]",
+        "timesteps: below 0 [timestep_spacing=trailing]",
+    },
+    "timestep_of_sigma": {
+        "timesteps: not the timestep of the call's sigma at main entries [timestep_spacing=trailing]"
+    },
+    "reference_sigmas": {"sigmas: 2 entries too many [timestep_spacing=trailing]"},
+    "reference_sigmas_interpol": {
+        "sigmas_interpol: not finite at the first entry [any configuration]",
+        "sigmas_interpol: 2 entries too many [timestep_spacing=trailing]",
+    },
+    "reference_timesteps": {
+        "timesteps: main Karras timesteps rounded [use_karras_sigmas=True]",
+        "timesteps: 2 entries too many [timestep_spacing=trailing]",
+    },
+    "sampling_loop": {"timesteps: 2 entries too many [timestep_spacing=trailing]"},
+    "prediction_sample": {"step: raises NotImplementedError [prediction_type=sample]"},
+    "float32_loop": {"timesteps: 2 entries too many [timestep_spacing=trailing]"},
+    "low_precision_step": {
+        "prev_sample: beyond one ulp [dtype=float16]",
+        "prev_sample: beyond one ulp [dtype=bfloat16]",
+    },
+    "illegal_calls": {
+        "set_begin_index(len(timesteps)): no error [any configuration]",
+        "set_begin_index(-1): no error [any configuration]",
+        "step past the end: no error [any configuration]",
+    },
 }
-"""diffusers 0.42.1 fails exactly these properties, for these reasons."""
+"""Signatures diffusers 0.42.1 shows at the ``ci`` profile's seed, by property (each is in the shipped file)."""
 
 DIFFUSERS_UNSUPPORTED = {
     "custom_sigmas": "set_timesteps has no sigmas argument",
     "custom_timesteps": "set_timesteps has no timesteps argument",
-    "churn": "no s_churn/s_tmin/s_tmax/s_noise (only gamma = 0)",
-    "convergence_order": "needs set_timesteps(sigmas=...)",
+    "churn": "the constructor has no s_churn, s_tmin, s_tmax, s_noise",
+    "convergence_order": "set_timesteps has no sigmas argument",
 }
 """Properties diffusers cannot be asked (reported ``unsupported``, not failed)."""
 
@@ -45,6 +62,7 @@ def test_reference_conforms_to_itself() -> None:
     report = conformance.run(Reference)
     assert report.ok, str(report)
     assert set(report.unsupported) == {"float32_loop", "low_precision_step", "save_reload"}, str(report)
+    assert report.level == "exact"
 
 
 def test_ours_conforms() -> None:
@@ -52,18 +70,19 @@ def test_ours_conforms() -> None:
 
     report = conformance.run(KDPM2DiscreteScheduler)
     assert report.ok and not report.unsupported, str(report)
-    assert report.summary() == f"{len(conformance.PROPERTIES)} passed, 0 failed"
+    assert report.summary() == f"{len(conformance.PROPERTIES)} passed, 0 failed; numerical level: exact"
 
 
 def test_diffusers_fails_exactly_its_known_deviations() -> None:
     diffusers = pytest.importorskip("diffusers")
     report = conformance.run(diffusers.KDPM2DiscreteScheduler, shrink=False, expect=gate.load("diffusers-0.42"))
+    assert report.exit_status == 0, str(report)
     assert set(report.failed) == set(DIFFUSERS_FAILURES), str(report)
-    assert report.exit_status == 0, "the shipped expectation file must gate diffusers 0.42"
-    assert set(report.unsupported) == set(DIFFUSERS_UNSUPPORTED), str(report)
-    assert "NotImplementedError" in report["prediction_sample"].message
-    assert "sigmas_interpol[0]" in report["tables_finite"].message
-    assert "python -m kdpm2_spec check" in report["illegal_calls"].reproducer
+    seen = {r.name: {k["signature"] for k in r.known} for r in report.results if r.known}
+    for name, signatures in DIFFUSERS_FAILURES.items():
+        assert signatures <= seen[name], (name, seen[name])
+    assert {r.name: r.message for r in report.results if r.status == "unsupported"} == DIFFUSERS_UNSUPPORTED
+    assert report.level == "float32 tables"
 
 
 def _cli(*args: str) -> subprocess.CompletedProcess[str]:
@@ -83,7 +102,7 @@ def test_cli_passes_ours_and_prints_the_summary_line() -> None:
     assert done.returncode == 0, done.stdout + done.stderr
     lines = done.stdout.strip().splitlines()
     assert lines[-1] == "2 passed, 0 failed"
-    assert lines[0].startswith("# kdpm2.scheduler:KDPM2DiscreteScheduler on cpu in float64")
+    assert lines[0].startswith("# kdpm2:KDPM2DiscreteScheduler on cpu in float64")
     assert [line.split()[0] for line in lines[1:-1]] == ["PASS", "PASS"]
 
 
@@ -94,6 +113,7 @@ def test_cli_fails_diffusers_with_a_reproducer_that_reproduces() -> None:
     _, line, summary = done.stdout.strip().splitlines()
     assert summary == "0 passed, 1 failed"
     assert line.startswith("FAIL illegal_calls: set_begin_index(")
+    assert "| signature: set_begin_index(len(timesteps)): no error [" in line
     command = line.split("reproduce: ")[1]
     import shlex  # a reproducer is one shell command
 
@@ -125,14 +145,18 @@ def test_docs_conformance_table_matches_the_suite() -> None:
     """docs/conformance.md (generated from a real run) lists every property and diffusers' exact failures."""
     rows = [line.split("|") for line in (ROOT / "docs" / "conformance.md").read_text().splitlines()]
     unlink = re.compile(r"^\[(.+)\]\(ci\.md#.+\)$")  # a property linked to its definition in docs/ci.md
+    header = next(cells for cells in rows if len(cells) > 2 and cells[1].strip() == "property")
+    columns = [c.strip() for c in header[2:-1]]
+    assert columns == ["Reference", "float32-table model", "kdpm2", "diffusers"]
     table = {
-        unlink.sub(r"\1", cells[1].strip()).strip("`"): [c.strip() for c in cells[2:5]]
+        unlink.sub(r"\1", cells[1].strip()).strip("`"): dict(
+            zip(columns, (c.strip() for c in cells[2:-1]), strict=True)
+        )
         for cells in rows
-        if len(cells) == 6
+        if len(cells) == len(header) and cells[1].strip().startswith("[")
     }
-    table.pop("property", None)
-    table = {name: marks for name, marks in table.items() if not set(name) <= set("-")}
     assert list(table) == list(conformance.PROPERTIES), "regenerate: python docs/scripts/conformance_table.py"
-    assert {n for n, marks in table.items() if marks[2] == "**fail**"} == set(DIFFUSERS_FAILURES)
-    assert {n for n, marks in table.items() if marks[2] == "n/a"} == set(DIFFUSERS_UNSUPPORTED)
-    assert all(marks[1] == "pass" for marks in table.values()), "kdpm2 must pass every property"
+    assert {n for n, marks in table.items() if marks["diffusers"] == "**fail**"} == set(DIFFUSERS_FAILURES)
+    assert {n for n, marks in table.items() if marks["diffusers"] == "n/a"} == set(DIFFUSERS_UNSUPPORTED)
+    assert all(marks["kdpm2"] == "pass" for marks in table.values()), "kdpm2 must pass every property"
+    assert all(marks["float32-table model"] in ("pass", "n/a") for marks in table.values())

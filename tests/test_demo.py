@@ -604,6 +604,8 @@ def test_run_errors_against_a_recomputation(ran: Ran, recomputed: dict[str, Any]
         state = _dpm2(mixture.denoise, _karras(steps), x_start)[1][-1]
         for name, offset in OFFSETS.items():
             assert result.errors[name][i] == pytest.approx(_rms(state + offset - exact), rel=1e-9), name
+            # the stand-ins shift the state by (offset, offset): sqrt(2) |offset| from kdpm2's, up to rounding
+            assert result.from_kdpm2[name][i] == pytest.approx(abs(offset) * 2**0.5, rel=1e-6), name
         if steps == 2:  # the smallest step count: its path
             assert len(result.kdpm2_path) == 3
             for got, want in zip(result.kdpm2_path, path, strict=True):
@@ -804,6 +806,7 @@ def _plotted_result() -> demo.Result:
     result.samples = _points(50, 21)
     result.reference_path = [_points(30, 30 + k) for k in range(7)]
     result.kdpm2_path = [_points(30, 40 + k) for k in range(4)]
+    result.from_kdpm2 = {"k-diffusion": [1e-16, 0.0, 3e-16], "diffusers": [2e-9, 4e-9, 0.0]}
     return result
 
 
@@ -851,23 +854,21 @@ def test_plot_draws_samples_paths_and_errors(saved: list[tuple[Any, tuple[Any, .
     assert errors.get_xscale() == "log"
     assert errors.get_yscale() == "log"
     assert errors.get_xlabel() == "steps"
-    assert errors.get_ylabel() == "error"
+    assert errors.get_ylabel() == "RMS distance"
     steps = np.array([3.0, 5.0, 9.0])
     np.testing.assert_array_equal(errors.get_xticks(), steps)
     curves = errors.get_lines()
-    assert [c.get_label() for c in curves] == [*result.errors, "slope -2"]
-    for curve, values in zip(curves, result.errors.values(), strict=False):
-        np.testing.assert_array_equal(curve.get_xdata(), steps)
-        np.testing.assert_array_equal(curve.get_ydata(), values)
-    assert len({(c.get_marker(), c.get_linestyle()) for c in curves[:3]}) == 3, "each sampler its own style"
-    ours, *others = (c.get_markersize() for c in curves[:3])
-    assert all(ours > size for size in others), "our markers larger, so that the agreeing curves stay visible"
-    slope = curves[-1]
+    labels = ["kdpm2: error vs exact", "slope -2", "k-diffusion - kdpm2", "diffusers - kdpm2"]
+    assert [c.get_label() for c in curves] == labels
+    np.testing.assert_array_equal(curves[0].get_ydata(), result.errors["kdpm2"])
     anchor = result.errors["kdpm2"][-1] / 2
-    np.testing.assert_array_equal(slope.get_xdata(), steps)
-    np.testing.assert_allclose(slope.get_ydata(), anchor * (steps / 9) ** -2.0, rtol=1e-13)
-    assert [t.get_text() for t in errors.get_legend().get_texts()] == [*result.errors, "slope -2"]
-    assert "RMS error" in errors.get_title()
+    np.testing.assert_allclose(curves[1].get_ydata(), anchor * (steps / 9) ** -2.0, rtol=1e-13)
+    for curve, values in zip(curves[2:], result.from_kdpm2.values(), strict=True):
+        np.testing.assert_array_equal(curve.get_xdata(), steps)
+        np.testing.assert_array_equal(curve.get_ydata(), np.maximum(values, 1e-17))  # 0 at the axis' floor
+    assert len({(c.get_marker(), c.get_linestyle()) for c in curves}) == 4, "each curve its own style"
+    assert [t.get_text() for t in errors.get_legend().get_texts()] == labels
+    assert "RMS at" in errors.get_title()
 
 
 @pytest.mark.parametrize("missing", ["samples", "data"])
@@ -1084,3 +1085,18 @@ def test_k_diffusion_sampler_prints_no_progress_bar(capsys: pytest.CaptureFixtur
     sample(2, _points(4, 0, 10.0))
     captured = capsys.readouterr()
     assert captured.err == "" and captured.out == ""
+
+
+def test_record_holds_the_numbers_of_the_run() -> None:
+    """``record`` is JSON-ready and holds the result's errors, times, distances and fitted order."""
+    import json
+
+    result = _plotted_result()
+    result.seconds = {name: [0.5, 1.0, 2.0] for name in result.errors}
+    data = json.loads(json.dumps(demo.record(result)))  # JSON round trip: plain types only
+    assert data["step_counts"] == [3, 5, 9] and data["calls"] == [5, 9, 17]
+    assert data["errors"] == result.errors and data["seconds"] == result.seconds
+    assert data["from_kdpm2"] == result.from_kdpm2
+    slope = np.polyfit(np.log([3, 5, 9]), np.log(result.errors["kdpm2"]), 1)[0]
+    assert data["order"] == pytest.approx(-slope, rel=1e-12)
+    assert (data["sigma_max"], data["sigma_min"], data["device"]) == (10.0, 0.1, "cpu:test")

@@ -18,8 +18,9 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 PAGES = [*sorted((ROOT / "docs").rglob("*.md")), ROOT / "README.md"]
 SKIP_MARKER = "<!-- skip-example"
-MAX_SKIPPED = 2
-"""Skipped examples across all pages: keep them few."""
+MAX_SKIPPED = 3
+"""Skipped examples across all pages: keep them few (the guide's, the home page's and the README's
+swap into a downloaded pipeline)."""
 
 FENCE = re.compile(r"^(?P<indent>\s*)```(?P<lang>[\w-]*)\s*$")
 IMPORT = re.compile(r"^\s*(?:from|import)\s+([A-Za-z_]\w*)", re.MULTILINE)

@@ -55,6 +55,13 @@ def test_checker_accepts_a_clean_page_and_wants_the_constructor(tmp_path: Path) 
     ]
 
 
+def test_checker_finds_404_links_outside_the_site_path(tmp_path: Path) -> None:
+    check = load_checker()
+    page(tmp_path, "index.html", '<link rel="canonical" href="https://docs.example.org/kdpm2/">')
+    page(tmp_path, "404.html", '<a href="/kdpm2/guide.html">ok</a><link href="/assets/x.css"><a href="//cdn">x</a>')
+    assert check.not_found_page(tmp_path) == ["404.html: link '/assets/x.css' is outside the site's path '/kdpm2/'"]
+
+
 def test_built_site_has_no_visible_defects(tmp_path: Path) -> None:
     for module in ("mkdocs", "material", "mkdocstrings_handlers.python"):
         pytest.importorskip(module, reason="the docs dependencies are not installed (nox -s docs checks the site)")
@@ -63,6 +70,7 @@ def test_built_site_has_no_visible_defects(tmp_path: Path) -> None:
         **os.environ,
         "PYTHONPATH": os.pathsep.join([str(ROOT / "src"), str(ROOT / "spec")]),
         "NO_MKDOCS_2_WARNING": "1",
+        "KDPM2_SITE_URL": "https://docs.example.org/kdpm2/",  # a subpath, as a project site has
     }
     build = subprocess.run(
         [sys.executable, "-m", "mkdocs", "build", "--strict", "--quiet", "-d", str(site)],

@@ -1,15 +1,18 @@
 """Presets against the front-ends: upstream's recorded figures, and k-diffusion's own code.
 
-``../shared/parity/`` (beside the clone; see its README) holds what ComfyUI and AUTOMATIC1111
-feed the UNet during DPM2 runs, recorded from their code. Every case there is compared with the
-preset: each call's sigma and timestep, the input scale and the initial-noise factor. A whole
+``tests/parity/`` (see its README) holds what ComfyUI and AUTOMATIC1111 feed the UNet during
+DPM2 runs, recorded from their code on one machine. Every case there is compared with the
+preset: each call's sigma and timestep, the input scale and divisor, and the initial-noise
+factor, bit for bit where no CPU rounds them differently and otherwise within the spread measured
+across CPU code paths (``helpers_parity``; ``docs/parity.md`` has the numbers). A whole
 loop per preset then runs k-diffusion's ``sample_dpm_2`` on the recorded sigmas, with a model
 wrapper that gives the UNet the recorded timestep, from the recorded starting noise, and checks
 that a diffusers-style loop with the preset lands on the same sample.
 
 Beyond the recorded step counts, a property test runs k-diffusion itself (``CompVisDenoiser``'s
 ``get_sigmas`` / ``sigma_to_t``, ``get_sigmas_karras`` / ``_exponential`` and ``sample_dpm_2``)
-on the front-end's training table, which the test builds in NumPy float64 as LDM does.
+on the front-end's training table, which the test builds in NumPy float64 as LDM does: both run
+on this machine, so they must agree bit for bit.
 """
 
 from __future__ import annotations
@@ -17,8 +20,6 @@ from __future__ import annotations
 import functools
 import json
 import math
-import os
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -28,23 +29,12 @@ from hypothesis import example, given
 from hypothesis import strategies as st
 from k_diffusion import external, sampling
 
+import helpers_parity as hp
+from helpers_parity import figures
 from helpers_sched import assert_rel_close, one_thread
 from kdpm2 import KDPM2DiscreteScheduler, presets
 
-PARITY = Path(os.environ.get("KDPM2_PARITY_DIR", Path(__file__).resolve().parents[2] / "shared" / "parity"))
-"""Upstream's figures, read-only beside the repository (``../shared/parity``; ``$KDPM2_PARITY_DIR`` elsewhere)."""
-
-FILES = {"comfyui": "comfyui.json", "a1111": "a1111.json"}
 SHAPE = (2, 4, 4, 4)
-F32_EPS = float(torch.finfo(torch.float32).eps)
-
-
-@functools.cache
-def figures(frontend: str) -> dict[str, Any]:
-    path = PARITY / FILES[frontend]
-    if not path.is_file():
-        pytest.skip(f"upstream figures not found at {path} (the repository's parent has no shared/parity)")
-    return json.loads(path.read_text(encoding="utf-8"))
 
 
 def preset_of(frontend: str, scheduler: str) -> str:
@@ -65,8 +55,7 @@ def case_ids() -> list[tuple[str, str, int]]:
 def recorded(preset: str, label: str, steps: int) -> dict[str, Any]:
     frontend = presets.get(preset).frontend
     matches = [c for c in figures(frontend)["cases"] if c["scheduler"] == label and c["steps"] == steps]
-    if not matches:
-        pytest.skip(f"{FILES[frontend]} has no case ({label}, {steps})")
+    assert matches, f"tests/parity/{frontend}.json has no case ({label}, {steps})"
     return matches[0]
 
 
@@ -88,35 +77,62 @@ def model_calls(scheduler: KDPM2DiscreteScheduler) -> list[tuple[float, float, f
     return calls
 
 
-def f32(x: float) -> float:
-    return float(np.float32(x))
+def check_calls(preset: str, calls: list[tuple[float, float, float]], case: dict[str, Any], where: str) -> None:
+    """Each call's (sigma, timestep, c_in) against the recorded call, within the measured spread.
+
+    Main sigmas of ``comfyui/simple`` are table entries and must be equal; a ComfyUI timestep
+    may be one off only at a float32 near-tie (``hp.timestep_error``).
+    """
+    frontend = presets.get(preset).frontend
+    spread, log_table = hp.DPM2[frontend], figures(frontend)["train_log_sigmas"]
+    exact_main = presets.get(preset).rule == "simple"
+    for k, ((sigma, t, c_in), (up_sigma, up_t, up_c_in)) in enumerate(zip(calls, case["calls"], strict=True)):
+        allowed = 0.0 if k % 2 == 0 and exact_main else spread["sigmas" if k % 2 == 0 else "midpoints"].here()
+        assert hp.within(sigma, up_sigma, int(allowed)), (
+            f"call {k}: sigma {sigma!r}, but upstream has {up_sigma!r} (allowed {allowed:g} ulps) {where}"
+        )
+        error = hp.timestep_error(frontend, t, up_t, up_sigma, log_table, spread["timestep"].here())
+        assert error is None, f"call {k}: timestep {error} {where}"
+        allowed = spread["c_in"].here()
+        assert hp.within(c_in, up_c_in, int(allowed)), f"call {k}: c_in {c_in!r}, upstream {up_c_in!r} {where}"
+        if "c_in_divisors" in case:  # ComfyUI divides by sqrt(sigma^2 + 1)
+            divisor, up_divisor = 1.0 / c_in, case["c_in_divisors"][k]
+            allowed = spread["c_in_divisors"].here()
+            assert hp.within(divisor, up_divisor, int(allowed)), (
+                f"call {k}: divisor {divisor!r}, upstream {up_divisor!r} {where}"
+            )
 
 
 @pytest.mark.parametrize(("preset", "label", "steps"), case_ids(), ids=lambda v: str(v))
-def test_calls_equal_upstream_figures(preset, label, steps):
+def test_calls_match_upstream_figures(preset, label, steps):
     case = recorded(preset, label, steps)
+    frontend = presets.get(preset).frontend
     scheduler = scheduler_for(preset)
     scheduler.set_timesteps(steps)
-    ours = model_calls(scheduler)
+    calls = model_calls(scheduler)
     where = f"[from_preset({preset!r}).set_timesteps({steps})]"
-    assert len(ours) == case["n_calls"] == 2 * steps - 1, where
-    for k, ((sigma, t, c_in), (up_sigma, up_t, up_c_in)) in enumerate(zip(ours, case["calls"], strict=True)):
-        assert f32(sigma) == up_sigma, f"call {k}: sigma {sigma!r}, but upstream has {up_sigma!r} {where}"
-        assert t == up_t, f"call {k}: timestep {t!r}, but upstream gives the UNet {up_t!r} {where}"
-        # float32 rounding: we divide in float64; upstream rounds sigma^2 + 1, its sqrt and 1/sqrt in float32
-        assert abs(c_in - up_c_in) <= 2 * F32_EPS * up_c_in, f"call {k}: c_in {c_in!r}, upstream {up_c_in!r} {where}"
-    init = float(scheduler.init_noise_sigma)
-    assert abs(init - case["init_noise_scale"]) <= 1e-7 * case["init_noise_scale"], f"init_noise_sigma {where}"
-    assert scheduler.sigmas[0 : 2 * steps : 2].tolist() == case["sigmas"][:-1], f"main sigmas {where}"
+    assert len(calls) == case["n_calls"] == 2 * steps - 1, where
+    check_calls(preset, calls, case, where)
+    init, allowed = float(scheduler.init_noise_sigma), hp.DPM2[frontend]["init_noise_scale"].here()
+    assert hp.within(init, case["init_noise_scale"], int(allowed)), f"init_noise_sigma {init!r} {where}"
+    main = scheduler.sigmas[0 : 2 * steps : 2].tolist()
+    allowed = 0.0 if presets.get(preset).rule == "simple" else hp.DPM2[frontend]["sigmas"].here()
+    assert hp.max_ulps(main, case["sigmas"][:-1]) <= allowed, f"main sigmas {where}"
 
 
 @pytest.mark.parametrize("frontend", ["comfyui", "a1111"])
-def test_training_table_equals_upstream(frontend):
+def test_training_table_matches_upstream(frontend):
     data = figures(frontend)
     sd = {"num_train_timesteps": 1000, "beta_start": 0.00085, "beta_end": 0.012}
     table = presets.training_table(f"{frontend}/karras", sd)
-    assert table.sigmas.tolist() == data["train_sigmas"], f"{frontend} training sigmas"
-    assert table.log_sigmas.tolist() == data["train_log_sigmas"], f"{frontend} log table"
+    spread = hp.DPM2[frontend]
+    if frontend == "comfyui":  # float64 arithmetic rounded once: the same on every CPU
+        assert table.sigmas.tolist() == data["train_sigmas"], "comfyui training sigmas"
+        assert table.log_sigmas.tolist() == data["train_log_sigmas"], "comfyui log table"
+    distance = hp.max_ulps(table.sigmas.tolist(), data["train_sigmas"])
+    assert distance <= spread["train_sigmas"].here(), f"{frontend} training sigmas {distance} ulps apart"
+    distance = hp.scaled_ulps(table.log_sigmas.tolist(), data["train_log_sigmas"])
+    assert distance <= spread["train_log_sigmas"].here(), f"{frontend} log table {distance} ulps apart"
 
 
 def eps_model(x_in: torch.Tensor, t: float) -> torch.Tensor:
@@ -129,20 +145,37 @@ def start_noise() -> torch.Tensor:
 
 
 @torch.no_grad()
-def front_end_loop(case: dict[str, Any]) -> torch.Tensor:
-    """k-diffusion's ``sample_dpm_2`` fed the front-end's float32 sigmas, timesteps and starting noise."""
+def front_end_loop(case: dict[str, Any], timesteps: list[float]) -> torch.Tensor:
+    """k-diffusion's ``sample_dpm_2`` fed the front-end's float32 sigmas, starting noise and ``timesteps``.
+
+    The timesteps are the ones the model is given (upstream's, or at a near-tie the neighbour
+    this CPU's float32 rounding picks, as ``assert_timesteps`` allows); the midpoints are
+    computed here, so they are upstream's within the measured spread.
+    """
     sigmas = torch.tensor(case["sigmas"], dtype=torch.float32)
-    calls = iter(case["calls"])
+    calls, given = iter(case["calls"]), iter(timesteps)
+    frontend = "comfyui" if "c_in_divisors" in case else "a1111"
+    allowed = int(hp.DPM2[frontend]["midpoints"].here())
 
     def denoiser(x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
-        up_sigma, up_t, _ = next(calls)
-        assert float(sigma[0]) == up_sigma, "sample_dpm_2 evaluated a sigma the front-end does not"
+        up_sigma, _, _ = next(calls)
         s = float(sigma[0])
-        return x - s * eps_model(x / math.sqrt(s * s + 1), up_t)
+        assert hp.within(s, up_sigma, allowed), f"sample_dpm_2 evaluated sigma {s!r}, the front-end {up_sigma!r}"
+        return x - s * eps_model(x / math.sqrt(s * s + 1), next(given))
 
     x = sampling.sample_dpm_2(denoiser, start_noise() * case["init_noise_scale"], sigmas, disable=True)
     assert next(calls, None) is None, "sample_dpm_2 made fewer calls than the front-end"
     return x
+
+
+def assert_timesteps(preset: str, seen: list[float], case: dict[str, Any], where: str) -> None:
+    """Every timestep upstream's, up to the measured spread (``hp.timestep_error``)."""
+    frontend = presets.get(preset).frontend
+    allowed, log_table = hp.DPM2[frontend]["timestep"].here(), figures(frontend)["train_log_sigmas"]
+    assert len(seen) == len(case["calls"]), where
+    for k, (t, (up_sigma, up_t, _)) in enumerate(zip(seen, case["calls"], strict=True)):
+        error = hp.timestep_error(frontend, t, up_t, up_sigma, log_table, allowed)
+        assert error is None, f"call {k}: {error} {where}"
 
 
 @torch.no_grad()
@@ -168,10 +201,10 @@ LOOP_CASES = [(p, label, 25) for p, label, n in case_ids() if n == 25] + [
 @pytest.mark.parametrize(("preset", "label", "steps"), LOOP_CASES, ids=lambda v: str(v))
 def test_loop_lands_where_front_end_lands(preset, label, steps):
     case = recorded(preset, label, steps)
-    expected = front_end_loop(case)
     scheduler = KDPM2DiscreteScheduler.from_preset(preset)
     actual, seen = diffusers_loop(scheduler, steps)
-    assert seen == [c[1] for c in case["calls"]], f"timesteps given to the model [{preset}, {steps} steps]"
+    assert_timesteps(preset, seen, case, f"timesteps given to the model [{preset}, {steps} steps]")
+    expected = front_end_loop(case, seen)
     assert_rel_close(actual, expected, 1e-6, f"{preset}, {steps} steps: diffusers loop vs sample_dpm_2")
 
 
@@ -243,16 +276,20 @@ def test_schedule_equals_k_diffusion(preset, n):
 
 
 def test_comfyui_near_ties_pick_upstream_index():
-    """The calls upstream lists as float32 near-ties (832.5 -> 833, 166.5 -> 166, 499.49997 -> 499...)."""
+    """The calls upstream lists as float32 near-ties (832.5 -> 833, 166.5 -> 166, 499.49997 -> 499...).
+
+    Each gives upstream's index, or its neighbour only where this CPU's float32 log may fall on
+    the other side of the tie (within the measured spread, ``hp.COMFYUI_TIE_LOG``).
+    """
     ties = figures("comfyui")["metadata"]["near_ties"]
     assert ties, "the figures list no near-ties"
+    log_table = figures("comfyui")["train_log_sigmas"]
     for tie in ties:
         scheduler = scheduler_for(preset_of("comfyui", tie["scheduler"]))
         scheduler.set_timesteps(tie["steps"])
         got = float(scheduler.timesteps[tie["call"]])
-        assert got == tie["chosen"], (
-            f"{tie['scheduler']} n={tie['steps']} call {tie['call']}: {got} not {tie['chosen']}"
-        )
+        error = hp.timestep_error("comfyui", got, tie["chosen"], tie["sigma"], log_table, hp.COMFYUI_TIE_LOG.here())
+        assert error is None, f"{tie['scheduler']} n={tie['steps']} call {tie['call']}: {error}"
 
 
 @pytest.mark.parametrize(("preset", "label", "steps"), [("comfyui/normal", "normal", 6), ("a1111/karras", "Karras", 5)])
@@ -262,10 +299,10 @@ def test_cli_prints_upstream_calls(preset, label, steps, capsys):
     case = recorded(preset, label, steps)
     assert cli.main(["schedule", "--preset", preset, "--steps", str(steps), "--json"]) == 0
     out = json.loads(capsys.readouterr().out)
-    assert abs(out["init_noise_scale"] - case["init_noise_scale"]) <= 1e-7 * case["init_noise_scale"]
-    for k, ((sigma, t, c_in), (up_sigma, up_t, up_c_in)) in enumerate(zip(out["calls"], case["calls"], strict=True)):
-        assert (f32(sigma), t) == (up_sigma, up_t), f"kdpm2 schedule --preset {preset}: call {k}"
-        assert abs(c_in - up_c_in) <= 2 * F32_EPS * up_c_in, f"kdpm2 schedule --preset {preset}: c_in of call {k}"
+    frontend = presets.get(preset).frontend
+    allowed = hp.DPM2[frontend]["init_noise_scale"].here()
+    assert hp.within(out["init_noise_scale"], case["init_noise_scale"], int(allowed)), "init_noise_scale"
+    check_calls(preset, [tuple(call) for call in out["calls"]], case, f"[kdpm2 schedule --preset {preset}]")
 
 
 @functools.cache
@@ -337,6 +374,9 @@ def test_stable_diffusion_pipeline_feeds_the_unet_what_the_front_end_does(preset
             )
     finally:
         handle.remove()
-    assert [t for t, _ in seen] == [c[1] for c in case["calls"]], f"UNet timesteps [{preset}, {steps} steps]"
+    assert_timesteps(preset, [t for t, _ in seen], case, f"UNet timesteps [{preset}, {steps} steps]")
     first = latents[0] * case["init_noise_scale"] * case["calls"][0][2]
-    assert_rel_close(seen[0][1], first, 2e-7, f"first UNet input [{preset}]")
+    spread = hp.DPM2[presets.get(preset).frontend]
+    # the factor and the scale each within their spread, and two float32 roundings of the products
+    ulps = spread["init_noise_scale"].here() + spread["c_in"].here() + 2
+    assert_rel_close(seen[0][1], first, ulps * 2.0**-23, f"first UNet input [{preset}]")

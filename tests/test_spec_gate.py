@@ -35,10 +35,18 @@ def check(capfd: pytest.CaptureFixture[str], *args: str) -> tuple[int, str, str]
 
 
 def test_shipped_expectations_are_diffusers_known_failures() -> None:
-    from test_conformance import DIFFUSERS_FAILURES
+    from test_conformance import DIFFUSERS_FAILURES, DIFFUSERS_UNSUPPORTED
 
     assert "diffusers-0.42" in gate.shipped()
-    assert gate.load("diffusers-0.42", conformance.PROPERTIES) == DIFFUSERS_FAILURES
+    expect = gate.load("diffusers-0.42", conformance.PROPERTIES)
+    shipped: dict[str, set[str]] = {}
+    for entry in expect.entries:
+        shipped.setdefault(entry.signature.prop, set()).add(str(entry.signature))
+    for name, signatures in DIFFUSERS_FAILURES.items():
+        assert signatures <= shipped[name], name
+    assert set(shipped) <= set(DIFFUSERS_FAILURES) | {"add_noise_mid_loop", "set_timesteps_again", "exact_denoiser"}
+    assert {name for name, notes in expect.unsupported.items() if notes} >= set(DIFFUSERS_UNSUPPORTED)
+    assert expect.level == "float32 tables" and expect.target == DIFFUSERS
 
 
 def test_shipped_expectations_are_in_the_wheel(tmp_path: Path) -> None:
@@ -58,20 +66,21 @@ def test_diffusers_with_the_shipped_expectations_exits_0(capfd: pytest.CaptureFi
     status, out, err = check(capfd, *args, "--json", str(report), "--junit-xml", str(xml))
     assert status == 0, out + err
     lines = out.splitlines()
-    assert lines[0].startswith("# diffusers.schedulers.scheduling_k_dpm_2_discrete:KDPM2DiscreteScheduler on cpu")
+    assert lines[0].startswith("# diffusers:KDPM2DiscreteScheduler on cpu")
     assert [line.split()[0] for line in lines[1:-1]] == ["XFAIL", "UNSUPPORTED"]
     assert lines[-1] == "0 passed, 1 failed (1 expected), 0 stale"
 
     data = json.loads(report.read_text())
     assert data["exit_status"] == 0 and data["dtype"] == "float64" and data["device"] == "cpu"
     statuses = {r["name"]: (r["status"], r["new_failure"]) for r in data["results"]}
-    assert statuses["illegal_calls"] == ("fail", False) and statuses["custom_sigmas"] == ("unsupported", False)
+    assert statuses["illegal_calls"] == ("xfail", False) and statuses["custom_sigmas"] == ("unsupported", False)
     failed = next(r for r in data["results"] if r["name"] == "illegal_calls")
-    assert failed["reproducer"].startswith("python -m kdpm2_spec check ") and failed["case"].startswith("Schedule(")
-    from kdpm2_spec.cases import parse_case
-
-    case = parse_case(failed["case"])  # the case is the one the message is about (the first failing example)
-    assert f"set_timesteps({case.steps})]" in failed["message"], failed
+    assert [k["signature"] for k in failed["known"]] == [
+        "set_begin_index(len(timesteps)): no error [any configuration]",
+        "set_begin_index(-1): no error [any configuration]",
+        "step past the end: no error [any configuration]",
+    ]
+    assert failed["known"][0]["case"].startswith("Schedule(") and failed["expected"]
 
     suite = ET.parse(xml).getroot()
     cases = {c.get("name"): c for c in suite.iter("testcase")}
@@ -89,11 +98,12 @@ def test_a_planted_defect_fails_the_gate_and_is_named(
     xml = tmp_path / "report.xml"
     only = _only(["illegal_calls", "scale_model_input"])
     status, out, _ = check(
-        capfd, DIFFUSERS, *only, "--no-shrink", "--expect", "diffusers-0.42", "--junit-xml", str(xml)
+        capfd, DIFFUSERS, *only, "--no-shrink", "--expect", "diffusers-0.42", "--junit-xml", str(xml), "--in-process"
     )
     assert status == conformance.EXIT_FAILED
     assert out.splitlines()[1].startswith("XFAIL illegal_calls")
     assert out.splitlines()[2].startswith("FAIL scale_model_input: scale_model_input at call 0")
+    assert "| signature: model input: wrong value at first-order calls [" in out.splitlines()[2]
     failure = next(c for c in ET.parse(xml).getroot().iter("testcase") if c.get("name") == "scale_model_input")
     text = failure.find("failure").text or ""  # type: ignore[union-attr]
     assert "case: Schedule(" in text and "reproduce: python -m kdpm2_spec check" in text
@@ -105,7 +115,9 @@ def test_a_listed_failure_that_passes_is_stale(capfd: pytest.CaptureFixture[str]
     only = _only(["tables_finite", "illegal_calls"])
     status, out, _ = check(capfd, OURS, *only, "--profile", "dev", "--expect", str(expect), "--junit-xml", str(xml))
     assert status == conformance.EXIT_STALE
-    assert out.splitlines()[1] == "STALE tables_finite: passes, but the expectation says it fails (was NaN once)"
+    assert out.splitlines()[1] == (
+        "STALE tables_finite: expected failures no longer seen (their recorded cases pass): any failure (was NaN once)"
+    )
     assert out.splitlines()[2].startswith("PASS illegal_calls")
     assert out.splitlines()[-1] == "2 passed, 0 failed (0 expected), 1 stale"
     stale, passed = ET.parse(xml).getroot().iter("testcase")
@@ -135,8 +147,9 @@ def test_write_expect_records_the_failures_and_then_gates_them(
     status, out, _ = check(capfd, *args, "--write-expect", str(written))
     assert status == 0, out
     recorded = gate.load(str(written), conformance.PROPERTIES)
-    assert set(recorded) == {"illegal_calls"}
-    assert recorded["illegal_calls"].startswith("set_begin_index(")
+    assert {e.signature.prop for e in recorded.entries} == {"illegal_calls"}
+    assert recorded.entries[0].reason.startswith("set_begin_index(")
+    assert recorded.unsupported == {"custom_sigmas": ["set_timesteps has no sigmas argument"]}
     status, out, _ = check(capfd, *args, "--expect", str(written))
     assert status == 0, out
 
@@ -148,7 +161,7 @@ def test_the_same_seed_gives_the_same_report(capfd: pytest.CaptureFixture[str], 
         status, out, _ = check(
             capfd,
             OURS,
-            *_only(["tables_match_reference", "illegal_calls"]),
+            *_only(["reference_timesteps", "illegal_calls"]),
             "--profile",
             "dev",
             "--seed",
@@ -157,9 +170,12 @@ def test_the_same_seed_gives_the_same_report(capfd: pytest.CaptureFixture[str], 
             str(path),
         )
         assert status == 0, out
-        reports.append((out, path.read_text()))
+        data = json.loads(path.read_text())
+        for result in data["results"]:
+            result.pop("seconds")
+        reports.append((out, data))
     assert reports[0] == reports[1]
-    assert json.loads(reports[0][1])["seed"] == 7 and "seed 7," in reports[0][0]
+    assert reports[0][1]["seed"] == 7 and "seed 7," in reports[0][0]
 
 
 class BrokenStep:
@@ -191,23 +207,23 @@ def test_no_example_database_unless_asked(monkeypatch: pytest.MonkeyPatch, tmp_p
 
 @pytest.mark.parametrize("dtype", catalog.DTYPE_NAMES)
 def test_ours_passes_on_the_cpu_in_every_dtype(dtype: str) -> None:
-    """The dtype-dependent properties (and one of each kind) in each dtype; all 21 in float64 is ``test_ours_conforms``."""
+    """The dtype-dependent properties (and one of each kind) in each dtype; all in float64 is ``test_ours_conforms``."""
     from kdpm2 import KDPM2DiscreteScheduler
 
-    only = ["scale_model_input", "sampling_loop", "sampling_loop_exact"]
+    only = ["scale_model_input", "sampling_loop", "custom_sigmas"]
     report = conformance.run(KDPM2DiscreteScheduler, profile="dev", only=only, device="cpu", dtype=dtype)
     assert report.ok and report.exit_status == 0, str(report)
     float64_only = {n for n in only if dtype not in catalog.dtypes_of(n)}
     assert set(report.unsupported) == float64_only, str(report)
     assert set(report.passed) == set(only) - float64_only
     floor = catalog.DTYPE_RTOL[dtype]
-    assert report.header().endswith("each property's own" if floor == 0 else f"at least {floor:g} relative (loops)")
+    assert report.header().endswith("level float32 tables" if floor == 0 else f"at least {floor:g} relative (loops)")
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("dtype", ["float32", "float16", "bfloat16"])
 def test_ours_passes_every_property_in_every_dtype(dtype: str) -> None:
-    """All 21 properties under the ``ci`` profile (20-30 s per dtype here, hence ``slow``)."""
+    """Every property under the ``ci`` profile (20-30 s per dtype here, hence ``slow``)."""
     from kdpm2 import KDPM2DiscreteScheduler
 
     report = conformance.run(KDPM2DiscreteScheduler, profile="ci", device="cpu", dtype=dtype)
@@ -221,7 +237,7 @@ def test_ours_passes_on_cuda_in_every_dtype(dtype: str) -> None:
     """The same subset on the GPU (``--device cuda``); skipped without one."""
     from kdpm2 import KDPM2DiscreteScheduler
 
-    only = ["tables_match_reference", "scale_model_input", "sampling_loop", "sampling_loop_exact", "churn"]
+    only = ["reference_sigmas", "scale_model_input", "sampling_loop", "custom_sigmas", "churn"]
     report = conformance.run(KDPM2DiscreteScheduler, profile="dev", only=only, device="cuda", dtype=dtype)
     assert report.ok and report.device == "cuda", str(report)
 

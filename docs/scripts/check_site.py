@@ -17,6 +17,7 @@ import re
 import sys
 from html.parser import HTMLParser
 from pathlib import Path
+from urllib.parse import urlparse
 
 MAX_CODE = 80
 """Widest code line that fits the content column at the default font size, in characters."""
@@ -98,9 +99,11 @@ def problems(site: Path) -> list[str]:
             f"{name}: loads from an outside server: {m.group()}"
             for m in OUTSIDE.finditer(html)
             if not m.group().endswith(ALLOWED)
+            and 'rel="canonical"' not in m.group()  # a name, not a load
         ]
         if "mathjax" in html.lower() and "arithmatex" not in html:
             found.append(f"{name}: loads MathJax but has no math")
+    found += not_found_page(site)
     api = site / "api.html"
     if api.exists():
         page = Page()
@@ -114,6 +117,36 @@ def problems(site: Path) -> list[str]:
                 f"api.html: the constructor's signature is missing or lacks {missing}"
             )
     return found
+
+
+def not_found_page(site: Path) -> list[str]:
+    """Links of ``404.html`` outside the site's path (they break when the site lives under a subpath).
+
+    The 404 page is served at any depth, so its links are absolute: they are right only when
+    ``site_url`` is set (the docs workflow sets it), and then must start with its path, read from
+    the home page's canonical link. Without ``site_url`` there is nothing to check against.
+    """
+    page, home = site / "404.html", site / "index.html"
+    if not page.exists() or not home.exists():
+        return []
+    canonical = re.search(
+        r'<link rel="canonical" href="([^"]+)"',
+        home.read_text(encoding="utf-8"),
+    )
+    if canonical is None:
+        return []
+    path = urlparse(
+        canonical.group(1)
+    ).path  # .../index.html, or .../ with directory URLs
+    prefix = path if path.endswith("/") else path.rsplit("/", 1)[0] + "/"
+    links = re.findall(
+        r'(?:href|src)="(/[^"/][^"]*)"', page.read_text(encoding="utf-8")
+    )
+    return [
+        f"404.html: link {link!r} is outside the site's path {prefix!r}"
+        for link in links
+        if not link.startswith(prefix)
+    ]
 
 
 def main() -> int:

@@ -24,8 +24,8 @@ def _cell(text: object) -> str:
     return " ".join(str(text).split()).replace("|", "\\|")
 
 
-def options_table() -> str:
-    """One row per option of ``python -m kdpm2_spec check``."""
+def options_table(command: str = "check") -> str:
+    """One row per option of ``python -m kdpm2_spec COMMAND``."""
     from kdpm2_spec.__main__ import parser
 
     commands = next(
@@ -33,7 +33,7 @@ def options_table() -> str:
         for a in parser()._actions
         if isinstance(a, argparse._SubParsersAction)
     )
-    check = commands.choices["check"]
+    check = commands.choices[command]
     rows = ["| option | values | meaning |", "|---|---|---|"]
     for action in check._actions:
         if isinstance(action, argparse._HelpAction):
@@ -90,10 +90,52 @@ def dtype_table() -> str:
     return "\n".join(rows)
 
 
+def diff_options_table() -> str:
+    """The options of ``diff`` (``snapshot`` takes the same draws options and ``--out``)."""
+    return options_table("diff")
+
+
+PLANTED = Path(__file__).with_name("planted_diffusers.json")
+"""The outcomes of ``tests/planted_diffusers.py --json`` (``nox -s planted``)."""
+
+
+def planted_table() -> str:
+    """One row per planted bug: what it does, the gate's exit status, the first property that caught it."""
+    import json
+
+    data = json.loads(PLANTED.read_text(encoding="utf-8"))
+    outcomes = data["outcomes"]
+    caught = sum(1 for o in outcomes if o["caught"])
+    rows = [
+        f"{caught} of {len(outcomes)} caught at seed {data['seed']} ({data['date']}, diffusers {data['diffusers']}).",
+        "",
+        "| bug | what it does | exit | caught by |",
+        "|---|---|---|---|",
+    ]
+    for o in outcomes:
+        first = o["lines"][0].split(":")[0] if o["lines"] else ""
+        by = (
+            f"`{first.split()[1]}`"
+            + (
+                f" and {len(o['lines']) - 1} more"
+                if len(o["lines"]) > 1
+                else ""
+            )
+            if first
+            else "-"
+        )
+        rows.append(
+            f"| `{o['bug']}` | {_cell(o['why'])} | {o['status']} | {by} |"
+        )
+    return "\n".join(rows)
+
+
 TABLES = {
     "options": options_table,
+    "diff-options": diff_options_table,
     "properties": properties_table,
     "dtypes": dtype_table,
+    "planted": planted_table,
 }
 
 

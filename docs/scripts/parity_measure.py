@@ -1,6 +1,6 @@
 """Measure the figures quoted on docs/parity.md (prints them; nothing is written).
 
-Run from the repository root, with ``../shared/parity`` beside the clone (or ``KDPM2_PARITY_DIR``):
+Run from the repository root (the figures are in ``tests/parity``):
 
     PYTHONPATH=src:spec:tests python docs/scripts/parity_measure.py
 
@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import sys
 from pathlib import Path
 
@@ -33,9 +32,7 @@ from kdpm2 import KDPM2DiscreteScheduler, presets  # noqa: E402
 from kdpm2_spec import Reference  # noqa: E402
 from test_sched_parity import _exact_diffusers, first_timestep_repeats, latents  # noqa: E402
 
-PARITY = Path(
-    os.environ.get("KDPM2_PARITY_DIR", ROOT.parent / "shared" / "parity")
-)
+PARITY = ROOT / "tests" / "parity"
 LABELS = {"a1111/automatic": "Karras"}
 
 

@@ -5,7 +5,9 @@ Run after ``mkdocs build`` (``nox -s screenshots`` does both):
     python docs/scripts/screenshots.py [site] [out]
 
 Pages are opened from disk (the site is built with ``use_directory_urls: false``), at a laptop
-width (1280 px) and at a phone width (412 px), in light mode. Playwright drives the browser: a
+width (1280 px) and at a phone width (412 px), in light mode. A page wider than the window (it
+would scroll sideways as a whole; wide tables and code scroll inside their own box) is reported,
+and the script then exits 1. Playwright drives the browser: a
 system Chromium is used when one is found (``CHROMIUM``, ``chromium``, ``chromium-browser``,
 ``google-chrome``), otherwise the one ``playwright install chromium`` downloads.
 """
@@ -41,6 +43,7 @@ def main() -> int:
     out = Path(sys.argv[2] if len(sys.argv) > 2 else "screenshots")
     out.mkdir(parents=True, exist_ok=True)
     pages = sorted(p for p in site.rglob("*.html") if p.name != "404.html")
+    too_wide: list[str] = []
     with sync_playwright() as playwright:
         browser = playwright.chromium.launch(
             executable_path=chromium(), args=["--no-sandbox"]
@@ -51,6 +54,11 @@ def main() -> int:
             )
             for page in pages:
                 tab.goto(page.as_uri(), wait_until="load")
+                width = tab.evaluate("document.documentElement.scrollWidth")
+                if width > tab.viewport_size["width"]:
+                    too_wide.append(
+                        f"{page.relative_to(site)} at {label}: {width} px wide"
+                    )
                 name = (
                     page.relative_to(site)
                     .with_suffix("")
@@ -62,7 +70,8 @@ def main() -> int:
                 print(target)
             tab.close()
         browser.close()
-    return 0
+    print("\n".join(too_wide) or "no page is wider than its window")
+    return 1 if too_wide else 0
 
 
 if __name__ == "__main__":

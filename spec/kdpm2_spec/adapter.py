@@ -109,6 +109,7 @@ class TorchAdapter:
         self.cls, self.device, self.dtype = cls, str(device), getattr(self.torch, dtype)
         self.dtype_name = dtype
         self._built: dict[str, Any] = {}
+        self._timed: dict[str, dict[str, Any]] = {}
 
     def with_dtype(self, dtype: str) -> TorchAdapter:
         """The same adapter with tensors in ``dtype`` (``float32``, ``float16``, ``bfloat16``...)."""
@@ -119,16 +120,29 @@ class TorchAdapter:
         return NoiseSource(seed, self.torch, self.dtype)
 
     def create(self, **config: Any) -> Any:
-        """A new scheduler: a copy of a cached one built alike (diffusers' constructor takes 0.1 s)."""
+        """A new scheduler: a copy of a cached one built alike (diffusers' constructor takes 0.1 s).
+
+        Its first ``set_timesteps`` call is a copy too when a fresh scheduler of the same
+        configuration was already given the same call (diffusers' ``set_timesteps`` is a Python
+        loop, and the properties ask each configuration the same thing): the state that call left
+        is copied onto the new scheduler. Every later call runs the class's own ``set_timesteps``.
+        """
         key = repr(sorted(config.items()))
         if key not in self._built:
-            if len(self._built) > 64:
+            if len(self._built) > 512:
                 self._built.clear()
+                self._timed.clear()
             self._built[key] = self.cls(**config)
         scheduler = copy.deepcopy(self._built[key])
-        if self.device != "cpu" and "device" in inspect.signature(self.cls.set_timesteps).parameters:
-            _pass_device(scheduler, self.device)
+        device = self.device if self.device != "cpu" and "device" in self._set_timesteps_args() else None
+        _first_call_cached(scheduler, key, self._timed, device)
         return scheduler
+
+    def _set_timesteps_args(self) -> frozenset[str]:
+        try:
+            return frozenset(inspect.signature(self.cls.set_timesteps).parameters)
+        except (TypeError, ValueError):
+            return frozenset()
 
     def tensor(self, array: np.ndarray) -> Any:
         return self.torch.as_tensor(np.asarray(array), dtype=self.dtype, device=self.device)
@@ -141,14 +155,32 @@ class TorchAdapter:
         return np.array(value, dtype=np.float64)
 
 
-def _pass_device(scheduler: Any, device: str) -> None:
-    """Make ``scheduler.set_timesteps`` build its tables on ``device`` unless a call names another.
+def _first_call_cached(scheduler: Any, key: str, cache: dict[str, dict[str, Any]], device: str | None) -> None:
+    """Make the first ``set_timesteps`` call of a new ``scheduler`` reuse the state an identical first call left.
 
-    A bound method (not a closure), so that a deep copy of the scheduler stays bound to the copy.
+    The state after a fresh scheduler's first ``set_timesteps(args)`` depends only on its
+    configuration and ``args``; it is stored once (a deep copy of the instance's attributes) and
+    copied onto later fresh schedulers. ``device`` (when not ``None``) is passed to every call
+    that names none. A bound method, not a closure over the scheduler, so that a deep copy of
+    the scheduler stays bound to the copy.
     """
+    if not hasattr(scheduler, "__dict__"):
+        return
 
     def set_timesteps(self: Any, *args: Any, **kwargs: Any) -> Any:
-        kwargs.setdefault("device", device)
-        return type(self).set_timesteps(self, *args, **kwargs)
+        if device is not None:
+            kwargs.setdefault("device", device)
+        first = "_kdpm2_spec_used" not in vars(self)
+        call = f"{key}|{args!r}|{sorted(kwargs.items())!r}"
+        if first and call in cache:
+            self.__dict__.update(copy.deepcopy(cache[call]))
+            self.__dict__["_kdpm2_spec_used"] = True
+            return None
+        self.__dict__["_kdpm2_spec_used"] = True
+        result = type(self).set_timesteps(self, *args, **kwargs)
+        if first:
+            state = {k: v for k, v in vars(self).items() if k not in ("set_timesteps", "_kdpm2_spec_used")}
+            cache[call] = copy.deepcopy(state)
+        return result
 
     scheduler.set_timesteps = types.MethodType(set_timesteps, scheduler)

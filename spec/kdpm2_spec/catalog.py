@@ -27,13 +27,18 @@ DTYPES: dict[str, tuple[str, ...]] = {
     "index_for_timestep": ("float64", "float32", "float16"),
     "scale_model_input": ("float64", "float32"),
     "exact_denoiser": ("float64",),
-    "sampling_loop_exact": ("float64",),
     "custom_sigmas": ("float64",),
     "custom_timesteps": ("float64",),
     "churn": ("float64",),
     "convergence_order": ("float64",),
 }
 """Properties that run only in some dtypes (all others run in every dtype of ``DTYPE_NAMES``)."""
+
+LEVEL = (
+    "the run's numerical level (`exact` 1e-12, `float32 tables` 1e-6; churned loops 1e-4) relative to the largest "
+    "operand, per unit of the schedule's amplification"
+)
+"""How the float64 loop properties compare (see ``kdpm2_spec.levels``)."""
 
 TOLERANCES: dict[str, str] = {
     "tables_finite": "exact: no NaN or infinity anywhere, unread entries included (a NaN leaks into any reduction).",
@@ -45,16 +50,23 @@ TOLERANCES: dict[str, str] = {
     "(the largest + 0.5) rounds onto a timestep.",
     "scale_model_input": "1e-6 relative: one division; needs float32 or float64 inputs to hold it.",
     "step_alternates": "exact: the order and `step_index` are counters.",
-    "exact_denoiser": "1e-9 relative to the operands (1e-6 with float32 tables): the exact denoiser makes every step "
-    "exact, so only rounding remains; float64 only.",
-    "tables_match_reference": "1e-6 relative: diffusers keeps its public tables in float32.",
-    "sampling_loop": "1e-5 relative to the largest operand (float32 table entries round each coefficient), "
-    "or the dtype's floor.",
-    "sampling_loop_exact": "1e-12 relative: a float64 implementation may differ by rounding only; float64 only.",
-    "prediction_sample": "1e-5 relative to the largest operand, as `sampling_loop`, or the dtype's floor.",
-    "custom_sigmas": "1e-12 relative: the sigmas are given, nothing is interpolated; float64 only.",
-    "custom_timesteps": "1e-12 relative: the training sigma at each timestep is a table lookup; float64 only.",
-    "churn": "1e-12 relative given the same noise draws; float64 only.",
+    "step_alternates_from_begin": "exact: the order and `step_index` are counters, from any full step.",
+    "timestep_of_sigma": "the timesteps of the sigma within 4e-7 relative (a float32 table's rounding), plus 1e-3, "
+    "plus 0.5 where the timestep is an integer (diffusers rounds the main Karras timesteps).",
+    "exact_denoiser": "the run's level for relations (`exact` 1e-9, `float32 tables` 1e-6) relative to the operands, "
+    "per unit of amplification: the exact denoiser makes every step exact, so only rounding remains; float64 only.",
+    "reference_sigmas": "1e-6 relative to the largest sigma: public tables are float32 (diffusers' and ours).",
+    "reference_sigmas_interpol": "1e-6 relative to the largest sigma, every entry (the first included).",
+    "reference_timesteps": "1e-6 relative to the largest timestep; diffusers' rounded main Karras timesteps are "
+    "their own finding.",
+    "reference_init_noise_sigma": "1e-6 relative: one entry of a float32 table, or its `sqrt(s^2 + 1)`.",
+    "sampling_loop": LEVEL + " (float64), or the dtype's floor.",
+    "add_noise_mid_loop": "as `sampling_loop`, each `add_noise` and each step.",
+    "set_timesteps_again": "as `sampling_loop`: a reused scheduler must sample as a fresh one.",
+    "prediction_sample": "as `sampling_loop`.",
+    "custom_sigmas": LEVEL + " (the sigmas are given, nothing is interpolated); float64 only.",
+    "custom_timesteps": LEVEL + " (the training sigma at each timestep is a table lookup); float64 only.",
+    "churn": LEVEL + ", given the same noise draws; float64 only.",
     "float32_loop": "1e-5 relative to the largest value: float32 arithmetic with a well-conditioned model.",
     "low_precision_step": "one float16/bfloat16 ulp of the exact float64 step: round once, in float32 registers.",
     "illegal_calls": "exact: the call must raise `ValueError`.",

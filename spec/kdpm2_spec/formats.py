@@ -1,13 +1,16 @@
 """Machine-readable reports: JSON for scripts, JUnit XML for CI dashboards (one test case per property).
 
-In JUnit terms a new failure is a ``<failure>`` (message, counterexample and reproducer in it),
-an expected failure and an unsupported property are ``<skipped>`` (with the reason), and a stale
-expectation is a ``<failure type="stale">``, as pytest reports a strict ``xfail`` that passed.
+In JUnit terms a new failure is a ``<failure>`` (message, signature, counterexample and
+reproducer in it), a property the gate could not finish (time limit, the target ended the
+process) an ``<error>``, an expected failure and an unsupported property are ``<skipped>`` (with
+the reason), and a stale expectation is a ``<failure type="stale">``, as pytest reports a strict
+``xfail`` that passed.
 """
 
 from __future__ import annotations
 
 import json
+import math
 import platform
 import xml.etree.ElementTree as ET
 from importlib import metadata
@@ -32,26 +35,27 @@ def as_dict(report: Any) -> dict[str, Any]:
     """The report as JSON-ready data (the ``--json`` file)."""
     return {
         "target": report.target,
+        "family": getattr(report, "family", "kdpm2"),
         "device": report.device,
         "dtype": report.dtype,
         "profile": report.profile,
         "seed": report.seed,
         "dtype_rtol_floor": catalog.DTYPE_RTOL[report.dtype],
+        "gate_level": report.gate_level,
+        "level": report.level,
+        "expected_level": report.expected_level,
+        "arguments": report.arguments,
+        "lost_arguments": report.lost_arguments,
         "versions": versions(report.target),
         "exit_status": report.exit_status,
         "summary": report.summary(),
         "results": [
             {
-                "name": r.name,
-                "status": r.status,
-                "doc": r.doc,
+                **r.as_dict(),
                 "tolerance": catalog.TOLERANCES.get(r.name, ""),
-                "message": r.message,
-                "case": None if r.case is None else repr(r.case),
-                "reproducer": r.reproducer,
+                "errors": {k: (v if math.isfinite(v) else None) for k, v in r.errors.items()},
                 "expected": r.expected or None,
                 "new_failure": r.new_failure,
-                "stale": r.stale,
             }
             for r in report.results
         ],
@@ -71,9 +75,11 @@ def junit(report: Any) -> ET.ElementTree:
         "testsuite",
         name="kdpm2_spec",
         tests=str(len(report.results)),
-        failures=str(len(report.new_failures) + len(report.stale)),
-        errors="0",
-        skipped=str(sum(1 for r in report.results if r.status != "pass" and not r.new_failure)),
+        failures=str(len([r for r in report.results if r.new_failure and r.status != "error"]) + len(report.stale)),
+        errors=str(len(report.errors)),
+        skipped=str(
+            sum(1 for r in report.results if r.status in ("xfail", "unsupported") and not r.new_failure and not r.stale)
+        ),
     )
     props = ET.SubElement(suite, "properties")
     for key, value in (("target", report.target), ("device", report.device), ("dtype", report.dtype)):
@@ -81,17 +87,24 @@ def junit(report: Any) -> ET.ElementTree:
     ET.SubElement(props, "property", name="seed", value=str(report.seed))
     for r in report.results:
         case = ET.SubElement(suite, "testcase", classname=f"kdpm2_spec.{report.target}", name=r.name)
-        if r.new_failure:
-            failure = ET.SubElement(case, "failure", type="conformance", message=r.message)
-            failure.text = f"{r.message}\ncase: {r.case!r}\nreproduce: {r.reproducer}\n"
+        case.set("time", f"{r.seconds:.3f}")
+        if r.status == "error":
+            error = ET.SubElement(case, "error", type="error", message=r.message)
+            error.text = f"{r.message}\n"
+        elif r.new_failure:
+            message = r.message if r.status == "fail" else f"newly unsupported: {'; '.join(r.new_notes)}"
+            failure = ET.SubElement(case, "failure", type="conformance", message=message)
+            failure.text = (
+                f"{message}\nsignature: {'; '.join(r.findings)}\ncase: {r.case!r}\nreproduce: {r.reproducer}\n"
+            )
         elif r.stale:
             failure = ET.SubElement(
-                case, "failure", type="stale", message=f"passes, but expected to fail: {r.expected}"
+                case, "failure", type="stale", message=f"expected failures no longer seen: {'; '.join(r.stale)}"
             )
-            failure.text = f"remove {r.name!r} from the expectation file ({r.expected})\n"
-        elif r.status == "fail":
+            failure.text = "".join(f"remove from the expectation file: {s}\n" for s in r.stale)
+        elif r.status == "xfail":
             skipped = ET.SubElement(case, "skipped", type="xfail", message=f"expected failure: {r.expected}")
-            skipped.text = f"{r.message}\ncase: {r.case!r}\nreproduce: {r.reproducer}\n"
+            skipped.text = "".join(f"{k['signature']} (e.g. {k['case']})\n" for k in r.known)
         elif r.status == "unsupported":
             ET.SubElement(case, "skipped", type="unsupported", message=r.message)
     return ET.ElementTree(suite)

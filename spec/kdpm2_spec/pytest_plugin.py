@@ -4,8 +4,10 @@ Installed with the package (entry point ``pytest11``), or enabled with
 ``-p kdpm2_spec.pytest_plugin``. Without ``--kdpm2-target`` it only adds its options: nothing is
 collected, and neither torch nor Hypothesis is imported. With it, one test per property is added
 to the session, ``kdpm2_spec::NAME``, marked ``kdpm2``, so ``-k``, ``-m``, xdist and the usual
-reports apply. An unsupported property is skipped; one the ``--kdpm2-expect`` file lists is an
-``xfail`` (strict: if it passes, the test fails as a stale expectation).
+reports apply. The properties run in a worker process (``kdpm2_spec.worker``) with a time limit
+each, as on the command line. An unsupported property is skipped; one that fails only as the
+``--kdpm2-expect`` file expects is an ``xfail``; a stale expectation fails the test. A target that
+does not load, or a missing dependency, is a usage error (pytest's exit status 4), one line.
 """
 
 from __future__ import annotations
@@ -17,8 +19,11 @@ import pytest
 DTYPES = ("float64", "float32", "float16", "bfloat16")
 """As ``kdpm2_spec.catalog.DTYPE_NAMES`` (a test keeps them equal)."""
 
+LEVELS = ("exact", "float32 tables")
+"""As ``kdpm2_spec.levels.LEVELS``."""
+
 _TARGET = pytest.StashKey[Any]()
-"""Where ``pytest_configure`` keeps the loaded target and its expectations."""
+"""Where ``pytest_configure`` keeps the worker, its greeting and the expectations."""
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
@@ -30,6 +35,9 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     group.addoption("--kdpm2-profile", default=None, choices=("ci", "dev", "thorough"), help="Hypothesis profile")
     group.addoption("--kdpm2-seed", default=None, type=int, help="Hypothesis seed (default: the profile's)")
     group.addoption("--kdpm2-no-shrink", action="store_true", help="report failing cases unshrunk (faster)")
+    group.addoption("--kdpm2-level", default="float32 tables", choices=LEVELS, help="numerical level to gate at")
+    group.addoption("--kdpm2-timeout", default=None, type=float, help="time limit per property in seconds (0: none)")
+    group.addoption("--kdpm2-family", default=None, help="property family (default: detected)")
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -37,17 +45,48 @@ def pytest_configure(config: pytest.Config) -> None:
     spec = config.getoption("kdpm2_target")
     if spec is None:
         return
-    from kdpm2_spec import conformance, gate
-    from kdpm2_spec.__main__ import UsageError, load
+    from kdpm2_spec import deps
 
+    missing = deps.missing()
+    if missing:
+        raise pytest.UsageError(f"--kdpm2-target {spec}: {deps.message(missing)}")
+    from kdpm2_spec import worker
+    from kdpm2_spec.__main__ import UsageError, _expectation, require
+    from kdpm2_spec.strategies import register_profiles
+
+    profile = config.getoption("kdpm2_profile") or register_profiles(load=False)
+    timeout = config.getoption("kdpm2_timeout")
     try:
-        cls = load(spec)
-        target = conformance.Target.of(cls, config.getoption("kdpm2_device"), config.getoption("kdpm2_dtype"))
-        path = config.getoption("kdpm2_expect")
-        expect = {} if path is None else gate.load(path, conformance.PROPERTIES)
-    except (UsageError, ValueError) as error:
+        raw, expect = _expectation(config.getoption("kdpm2_expect"))
+    except UsageError as error:
         raise pytest.UsageError(f"--kdpm2-target {spec}: {error}") from None
-    config.stash[_TARGET] = (target, expect)
+    init = {
+        "op": "init",
+        "target": spec,
+        "device": config.getoption("kdpm2_device"),
+        "dtype": config.getoption("kdpm2_dtype"),
+        "family": config.getoption("kdpm2_family"),
+        "profile": profile,
+        "shrink": not config.getoption("kdpm2_no_shrink"),
+        "seed": config.getoption("kdpm2_seed"),
+        "level": config.getoption("kdpm2_level"),
+        "expect": raw,
+        "expect_source": getattr(expect, "source", ""),
+    }
+    child = worker.Worker(init, [], worker.TIMEOUTS.get(profile, 600.0) if timeout is None else (timeout or None))
+    try:
+        hello = child.start()
+        require(hello["args"])
+    except (worker.WorkerUsage, UsageError) as error:
+        child.shutdown()
+        raise pytest.UsageError(f"--kdpm2-target {spec}: {error}") from None
+    config.stash[_TARGET] = (child, hello, expect)
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    if _TARGET in config.stash:
+        child, _, _ = config.stash[_TARGET]
+        child.shutdown()
 
 
 @pytest.hookimpl(tryfirst=True)
@@ -60,13 +99,12 @@ def pytest_collection_modifyitems(session: pytest.Session, config: pytest.Config
 
 
 class ConformanceSuite(pytest.Collector):
-    """The properties of ``kdpm2_spec.conformance.PROPERTIES``, in their run order."""
+    """The properties of the target's family, in their run order."""
 
     def collect(self) -> list[pytest.Item]:
-        from kdpm2_spec import conformance
-
+        _, hello, _ = self.config.stash[_TARGET]
         found: list[pytest.Item] = []
-        for name in conformance.PROPERTIES:
+        for name in hello["properties"]:
             item = PropertyItem.from_parent(self, name=name)
             item.add_marker(pytest.mark.kdpm2)
             found.append(item)
@@ -74,29 +112,30 @@ class ConformanceSuite(pytest.Collector):
 
 
 class PropertyFailed(Exception):
-    """A property failed; its text is the report line's message, case and reproducer."""
+    """A property failed; its text is the report line's message, signature, case and reproducer."""
 
 
 class PropertyItem(pytest.Item):
-    """One property checked against the target."""
+    """One property checked against the target (in the session's worker process)."""
 
     def runtest(self) -> None:
-        from kdpm2_spec import conformance
-
-        target, expect = self.config.stash[_TARGET]
-        profile = self.config.getoption("kdpm2_profile")
-        shrink = not self.config.getoption("kdpm2_no_shrink")
-        seed = self.config.getoption("kdpm2_seed")
-        result = conformance.check_one(target, self.name, profile, shrink, seed)
-        reason = expect.get(self.name)
+        child, _, _ = self.config.stash[_TARGET]
+        result = child.check(self.name)
+        if result.status == "error":
+            raise PropertyFailed(f"ERROR: {result.message}")
+        if result.status == "fail":
+            raise PropertyFailed(
+                f"{result.message}\nsignature: {'; '.join(result.findings)}\ncase: {result.case!r}\n"
+                f"reproduce: {result.reproducer}"
+            )
+        if result.new_notes:
+            raise PropertyFailed(f"unsupported, which the expectation does not allow: {'; '.join(result.new_notes)}")
+        if result.stale:
+            raise PropertyFailed(f"stale expectation: {self.name} no longer fails as listed: {'; '.join(result.stale)}")
         if result.status == "unsupported":
             pytest.skip(result.message)
-        if result.status == "fail" and reason:
-            pytest.xfail(f"expected: {reason}")
-        if result.status == "pass" and reason:
-            raise PropertyFailed(f"stale expectation: {self.name} passes, but is listed as failing ({reason})")
-        if result.status == "fail":
-            raise PropertyFailed(f"{result.message}\ncase: {result.case!r}\nreproduce: {result.reproducer}")
+        if result.status == "xfail":
+            pytest.xfail(f"expected: {result.expected}")
 
     def repr_failure(self, excinfo: pytest.ExceptionInfo[BaseException], style: Any = None) -> str | Any:
         if isinstance(excinfo.value, PropertyFailed):

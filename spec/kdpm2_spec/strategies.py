@@ -78,9 +78,17 @@ def supported_args(cls: Any) -> frozenset[str]:
 
 
 def set_timesteps_args(cls: Any) -> frozenset[str]:
-    """Names of the keyword arguments ``cls.set_timesteps`` accepts (custom ``timesteps``/``sigmas``?)."""
+    """Names of the keyword arguments ``cls.set_timesteps`` accepts (custom ``timesteps``/``sigmas``?).
+
+    A ``**kwargs`` (a subclass passing everything on) accepts the reference's arguments.
+    """
     params = inspect.signature(cls.set_timesteps).parameters
-    return frozenset(k for k in params if k != "self")
+    named = frozenset(k for k, p in params.items() if k != "self" and p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD))
+    if any(p.kind is p.VAR_KEYWORD for p in params.values()):
+        from kdpm2_spec.reference import Reference
+
+        return named | set_timesteps_args(Reference)
+    return named
 
 
 num_train_timesteps = st.sampled_from([1000, 1000, 1000, 200])
@@ -315,6 +323,69 @@ def churn_settings(draw: Any) -> Churn:
         draw(model_strengths),
         draw(seeds),
     )
+
+
+class Resume(NamedTuple):
+    """A schedule resumed at full step ``begin`` (call ``2 * begin``) with ``set_begin_index``."""
+
+    config: dict[str, Any]
+    steps: int
+    begin: int
+
+
+@st.composite
+def resumes(draw: Any, supported: Collection[str] = DIFFUSERS_ARGS, **kwargs: Any) -> Resume:
+    """A schedule and any full step to begin at (0 included)."""
+    config, steps = draw(schedules(supported, **kwargs))
+    return Resume(config, steps, draw(st.integers(0, max(steps - 1, 0))))
+
+
+class Rerun(NamedTuple):
+    """A loop of ``first`` steps stopped after ``done`` calls, then ``set_timesteps(steps)`` and a new loop.
+
+    ``first_begin`` (full steps, or ``None``) starts the first loop with ``set_begin_index`` as
+    image to image does; the second loop starts from noise.
+    """
+
+    config: dict[str, Any]
+    first: int
+    first_begin: int | None
+    done: int
+    steps: int
+    model: float
+    seed: int
+
+
+@st.composite
+def reruns(draw: Any, supported: Collection[str] = DIFFUSERS_ARGS, **kwargs: Any) -> Rerun:
+    """A partial loop over one schedule of a configuration, then a whole loop over another step count."""
+    config, first = draw(schedules(supported, **kwargs))
+    first_begin = draw(st.none() | st.integers(0, max(first - 1, 0)))
+    calls = 2 * first - 1 - 2 * (first_begin or 0)
+    done = draw(st.integers(1, max(calls, 1)))
+    steps = draw(st.integers(1, max_steps(config)))
+    if bounds_cross(config, steps) or bounds_cross(config, first):
+        reject()
+    return Rerun(config, first, first_begin, done, steps, draw(model_strengths), draw(seeds))
+
+
+class Probe(NamedTuple):
+    """A pipeline run for the differential mode: a schedule, image to image from full step ``begin``
+    (``None``: from noise), inpainting's ``add_noise`` after every call, and the data seed."""
+
+    config: dict[str, Any]
+    steps: int
+    begin: int | None
+    inpaint: bool
+    seed: int
+
+
+@st.composite
+def probes(draw: Any, supported: Collection[str] = DIFFUSERS_ARGS) -> Probe:
+    """A pipeline run over a configuration from ``supported`` (no churn: the two sides share no noise)."""
+    config, steps = draw(schedules(supported, churn=False))
+    begin = draw(st.none() | st.integers(0, max(steps - 1, 0)))
+    return Probe(config, steps, begin, draw(st.booleans()), draw(seeds))
 
 
 # -- tensors, dtypes, devices -------------------------------------------------------------------

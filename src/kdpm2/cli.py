@@ -1,8 +1,9 @@
 """The ``kdpm2`` command line: ``kdpm2 demo`` and ``kdpm2 schedule``.
 
-``kdpm2 schedule`` has one option per constructor argument of ``KDPM2DiscreteScheduler``,
-generated from its signature (``use_karras_sigmas`` becomes ``--use-karras-sigmas`` and
-``--no-use-karras-sigmas``), so the command line follows the scheduler.
+``kdpm2 schedule`` has one option per constructor argument of ``KDPM2DiscreteScheduler`` and
+``KDPM2AncestralDiscreteScheduler`` (``--sampler dpm2a``, see ``kdpm2.cli_ancestral``), generated
+from their signatures (``use_karras_sigmas`` becomes ``--use-karras-sigmas`` and
+``--no-use-karras-sigmas``), so the command line follows the schedulers.
 """
 
 from __future__ import annotations
@@ -69,15 +70,10 @@ def _demo_points(text: str) -> int:
 
 
 def _version() -> str:
-    """The installed distribution's version, else the package's own."""
-    from importlib import metadata
-
+    """The package's version (``kdpm2.__version__``, the one source the distribution's metadata reads)."""
     import kdpm2
 
-    try:
-        return metadata.version("kdpm2")
-    except metadata.PackageNotFoundError:
-        return kdpm2.__version__
+    return kdpm2.__version__
 
 
 def _floats(text: str) -> list[float]:
@@ -135,7 +131,7 @@ def _option_type(name: str, parameter: inspect.Parameter) -> dict[str, Any]:
 
 
 _PRESET_HELP = (
-    "reproduce a front-end's DPM2 sampler: "
+    "reproduce a front-end's DPM2 sampler (DPM2 a with --sampler dpm2a): "
     + ", ".join(presets.NAMES)
     + "; sets the other options to the preset's and prints, per model call, sigma, timestep and c_in, "
     "and the initial-noise factor"
@@ -144,13 +140,16 @@ _PRESET_HELP = (
 
 def add_scheduler_options(parser: argparse.ArgumentParser) -> None:
     """One ``--option`` per constructor argument; options not given keep the scheduler's defaults."""
-    from kdpm2.scheduler import KDPM2DiscreteScheduler
+    from kdpm2 import cli_ancestral
 
-    group = parser.add_argument_group("scheduler configuration (KDPM2DiscreteScheduler arguments)")
-    for name, parameter in KDPM2DiscreteScheduler._init_parameters().items():
+    group = parser.add_argument_group("scheduler configuration (constructor arguments of the --sampler's class)")
+    for name, (parameter, only) in cli_ancestral.parameters().items():
         flag = "--" + name.replace("_", "-")
+        keywords = _option_type(name, parameter)
+        if only is not None:
+            keywords["help"] = f"{keywords['help']} [--sampler {only} only]"
         # argparse names the destination after the flag: --use-karras-sigmas -> use_karras_sigmas
-        group.add_argument(flag, default=argparse.SUPPRESS, **_option_type(name, parameter))
+        group.add_argument(flag, default=argparse.SUPPRESS, **keywords)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -196,6 +195,13 @@ def build_parser() -> argparse.ArgumentParser:
     source.add_argument("--sigmas", type=_floats, metavar="S0,S1,...", help="custom sigmas, the final one included")
     source.add_argument("--timesteps", type=_floats, metavar="T0,T1,...", help="custom decreasing timesteps")
     schedule.add_argument("--json", action="store_true", help="print the tables and the config as JSON")
+    schedule.add_argument(
+        "--sampler",
+        choices=("dpm2", "dpm2a"),
+        default="dpm2",
+        help="dpm2: KDPM2DiscreteScheduler (default); dpm2a: KDPM2AncestralDiscreteScheduler (DPM2 a), "
+        "which also prints each step's sigma_down and sigma_up",
+    )
     add_scheduler_options(schedule)
     return parser
 
@@ -272,8 +278,12 @@ def check_out_directory(out: str) -> None:
 
 
 def run_schedule(args: argparse.Namespace) -> int:
+    from kdpm2 import cli_ancestral
     from kdpm2.scheduler import KDPM2DiscreteScheduler
 
+    if args.sampler == "dpm2a":
+        return cli_ancestral.run(args)
+    cli_ancestral.refuse_foreign(args, "dpm2")
     config = {name: getattr(args, name) for name in KDPM2DiscreteScheduler._init_parameters() if name in args}
     preset = config.pop("preset", None)
     if preset is not None:

@@ -35,6 +35,8 @@ from typing import Any, ClassVar
 
 import numpy as np
 
+from kdpm2 import hub
+
 logger = logging.getLogger("kdpm2")
 
 CONFIG_NAME = "scheduler_config.json"
@@ -43,19 +45,8 @@ CONFIG_NAME = "scheduler_config.json"
 DIFFUSERS_FORMAT_VERSION = "0.42.1"
 """The diffusers release whose config format and behaviour we reproduce."""
 
-HUB_KWARGS = (
-    "cache_dir",
-    "local_dir",
-    "local_dir_use_symlinks",
-    "force_download",
-    "proxies",
-    "token",
-    "local_files_only",
-    "revision",
-    "mirror",
-    "user_agent",
-)
-"""Download options ``load_config`` accepts (and ignores: configs are read from local paths only)."""
+HUB_KWARGS = hub.DOWNLOAD_OPTIONS
+"""Download options ``load_config`` accepts: passed to ``huggingface_hub`` for a Hub id, unused for a local path."""
 
 NOT_SAVED = ("_ignore_files", "_use_default_values", "_pre_quantization_dtype")
 """Config keys diffusers keeps in memory but never writes to a file."""
@@ -430,14 +421,17 @@ class ConfigMixin:
         return_commit_hash: bool = False,
         **kwargs: Any,
     ) -> Any:
-        """Read ``scheduler_config.json`` from a local directory (or ``subfolder`` of it) or a file path.
+        """Read ``scheduler_config.json`` from a local directory or file, or from a Hugging Face Hub model id.
 
-        As diffusers: a directory's ``subfolder`` is tried first, then the directory itself; the
-        download options are accepted and ignored; the remaining keyword arguments come back with
-        ``return_unused_kwargs`` (the commit hash is always ``None``: nothing is downloaded).
+        As diffusers: a directory's ``subfolder`` is tried first, then the directory itself; any
+        other string is a Hub id (``"stabilityai/stable-diffusion-xl-base-1.0"``), resolved
+        through ``huggingface_hub`` when it is installed (its cache first; ``revision``,
+        ``cache_dir``, ``local_files_only``, ``token``, ``force_download`` are passed on, and
+        ``HF_HUB_OFFLINE=1`` keeps it off the network). The remaining keyword arguments come back
+        with ``return_unused_kwargs``; ``return_commit_hash`` adds the commit of a file from the
+        Hub cache (``None`` for a local path).
         """
-        for name in HUB_KWARGS:
-            kwargs.pop(name, None)
+        options = {name: kwargs.pop(name) for name in HUB_KWARGS if name in kwargs}
         subfolder = kwargs.pop("subfolder", None)
         path = os.fspath(pretrained_model_name_or_path)
         if not isinstance(path, str):
@@ -452,17 +446,18 @@ class ConfigMixin:
                 config_file = os.path.join(path, cls.config_name)
             else:
                 raise OSError(f"Error no file named {cls.config_name} found in directory {path}.")
-        else:
+        elif os.path.isabs(path) or path.startswith((".", "~")) or path.count("/") > 1:
             raise OSError(
-                f"{path!r} is not a local file or directory (kdpm2 reads configs from local paths only, "
-                "not from the Hugging Face Hub)"
+                f"{path!r} is not a local file or directory (nor a Hugging Face Hub id, which reads 'name' or 'org/name')"
             )
+        else:
+            config_file = hub.download(path, cls.config_name, subfolder, options)
         config = _read_json_object(config_file)
         outputs: tuple[Any, ...] = (config,)
         if return_unused_kwargs:
             outputs += (kwargs,)
         if return_commit_hash:
-            outputs += (None,)
+            outputs += (hub.commit_hash(config_file),)
         return outputs if len(outputs) > 1 else config
 
     @classmethod
@@ -473,7 +468,12 @@ class ConfigMixin:
         return_unused_kwargs: bool = False,
         **kwargs: Any,
     ) -> Any:
-        """Load a scheduler saved by ``save_pretrained`` here or in diffusers (local paths)."""
+        """Load a scheduler from a directory saved by ``save_pretrained`` (here or in diffusers) or a Hub id.
+
+        ``KDPM2DiscreteScheduler.from_pretrained("stabilityai/stable-diffusion-xl-base-1.0",
+        subfolder="scheduler")`` reads that repository's scheduler config through
+        ``huggingface_hub`` (see ``load_config`` for the download options).
+        """
         config, kwargs, _ = cls.load_config(
             pretrained_model_name_or_path,
             subfolder=subfolder,

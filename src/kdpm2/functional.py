@@ -257,6 +257,11 @@ class CallTables:
     eager call reads; ``kinds`` (made on first use) each call's sum codes (``sum_codes``), from
     which a call reads its plan instead of building one. Nothing here is a per-call Python object:
     ``set_timesteps(1000)`` makes a few arrays.
+
+    ``second`` (per call: a second-order call, one that follows a first-order call of its step)
+    is given where steps do not simply alternate two calls (an ancestral schedule, whose Euler
+    steps make one call); every such call then draws noise. Without it every call after a
+    first-order one is second order, and ``churn`` says whether they draw noise.
     """
 
     __slots__ = (
@@ -268,13 +273,20 @@ class CallTables:
         "churn",
         "columns",
         "epsilon",
+        "follows",
         "lanes",
+        "second",
         "num_calls",
         "table",
     )
 
     def __init__(
-        self, columns: np.ndarray, churn: bool, levels: np.ndarray | None = None, epsilon: bool = False
+        self,
+        columns: np.ndarray,
+        churn: bool,
+        levels: np.ndarray | None = None,
+        epsilon: bool = False,
+        second: list[bool] | None = None,
     ) -> None:
         self.columns = columns
         self.table = columns.transpose(0, 2, 1)
@@ -282,7 +294,12 @@ class CallTables:
         """Epsilon prediction: the calls' structure that ``lane`` relies on (see there)."""
         self.num_calls = int(columns.shape[2])
         self.churn = churn
-        """``s_churn > 0``: a second-order call counted on the device always draws noise (unused at the end)."""
+        """A second-order call counted on the device always draws noise (``s_churn > 0``; an ancestral
+        schedule). Unused at the end."""
+        self.second = second
+        n = self.num_calls
+        self.follows: list[bool] = [True] * (n - 1) + [False] if second is None else [*second[1:], False]
+        """``follows[k]``: a second-order call follows a first-order call ``k``, which stores its sample."""
         self._levels = levels
         self._kinds: np.ndarray | None = None
         self._peaks: np.ndarray | None = None
@@ -323,8 +340,16 @@ class CallTables:
         return self._peak
 
     def noise(self, k: int) -> bool:
-        """A second-order call ``k`` draws churn noise: ``s_churn > 0`` and a call follows."""
+        """A second-order call ``k`` draws noise: every one of an ancestral schedule; with churn, one a call follows."""
+        if self.second is not None:
+            return self.second[k]
         return self.churn and 0 < k < self.num_calls - 1
+
+    def step_starts(self) -> list[int] | None:
+        """The positions of the steps' first calls where they are not the even positions (``second`` given)."""
+        if self.second is None:
+            return None
+        return [k for k, is_second in enumerate(self.second) if not is_second]
 
     def coefficients(self, order: int, k: int) -> Coefficients:
         """Call ``k``'s coefficients in ``order``."""
@@ -383,7 +408,7 @@ def call_tables(
     columns = np.zeros((2, 7, n))
     first, second = columns[FIRST], columns[SECOND]
     sigma, mid = s[:n], m[1 : n + 1]
-    a, b = _denoiser_arrays(sigma, prediction_type)
+    a, b = denoiser_arrays(sigma, prediction_type)
     r = (mid - sigma) / sigma
     first[1] = 1.0 + r * (1.0 - a)
     first[2] = -r * b
@@ -391,7 +416,7 @@ def call_tables(
     first[6] = np.sqrt(sigma * sigma + 1.0)
     if n > 1:
         start, mid2, end = s[: n - 1], m[1:n], s[1:n]
-        a2, b2 = _denoiser_arrays(mid2, prediction_type)
+        a2, b2 = denoiser_arrays(mid2, prediction_type)
         q = (end - start) / mid2
         second[0, 1:] = 1.0
         second[1, 1:] = q * (1.0 - a2)
@@ -409,7 +434,7 @@ def call_tables(
     return CallTables(columns, s_churn > 0, levels, prediction_type == "epsilon")
 
 
-def _denoiser_arrays(sigma: np.ndarray, prediction_type: str) -> tuple[np.ndarray | float, np.ndarray | float]:
+def denoiser_arrays(sigma: np.ndarray, prediction_type: str) -> tuple[np.ndarray | float, np.ndarray | float]:
     """``denoiser_coefficients`` on an array of sigmas (the same operations)."""
     if prediction_type == "epsilon":
         return 1.0, -sigma

@@ -28,18 +28,20 @@ def first_or_second_index(values: list[float]) -> dict[float, int]:
     return index
 
 
-def step_start_index(values: list[float]) -> dict[float, int]:
-    """Map each value to its first even position (a step's first call), else to its first position.
+def step_start_index(values: list[float], starts: list[int] | None = None) -> dict[float, int]:
+    """Map each value to its first step start (a step's first call), else to its first position.
 
-    The rule of a loop's first call given a plain timestep value (``KDPM2DiscreteScheduler``): a
-    value that repeats at the start (sigmas above the training range all map to the last training
-    timestep) starts the loop at call 0; one that a midpoint shares with the next step starts at
-    the step.
+    ``starts`` are the positions of the steps' first calls, in order (``None``: the even positions,
+    as when every step makes two calls). The rule of a loop's first call given a plain timestep
+    value: a value that repeats at the start (sigmas above the training range all map to the last
+    training timestep) starts the loop at call 0; one that a midpoint shares with the next step
+    starts at the step.
     """
     index = dict(zip(reversed(values), range(len(values) - 1, -1, -1), strict=True))
     if len(index) < len(values):
-        evens = values[::2]
-        index.update(zip(reversed(evens), range(2 * (len(evens) - 1), -1, -2), strict=True))
+        if starts is None:
+            starts = list(range(0, len(values), 2))
+        index.update((values[p], p) for p in reversed(starts))
     return index
 
 
@@ -101,7 +103,11 @@ def device_indices(timesteps: torch.Tensor, table: torch.Tensor) -> tuple[torch.
 
 
 def device_step_start_indices(timesteps: torch.Tensor, table: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """``step_start_index``'s rule for a batch of timesteps, computed on their device: ``(indices, found)``."""
+    """``step_start_index``'s rule for a batch of timesteps, computed on their device: ``(indices, found)``.
+
+    The steps start at the even positions (every step makes two calls, as in every schedule a
+    traced call runs).
+    """
     equal = timesteps.to(table.dtype)[:, None] == table[None, :]
     even = torch.arange(table.shape[0], device=table.device) % 2 == 0
     score = equal.int() * (2 + even.int())[None, :]  # an even match (3) beats any other match (2)

@@ -128,12 +128,19 @@ class RawStepOutput(BaseOutput):
     pred_original_sample: torch.Tensor
 
 
-def step_output(prev_sample: torch.Tensor, pred_original_sample: torch.Tensor) -> KDPM2DiscreteSchedulerOutput:
-    """``KDPM2DiscreteSchedulerOutput(prev_sample, pred_original_sample)`` for two tensors, without ``__init__``."""
+def step_output(
+    prev_sample: torch.Tensor,
+    pred_original_sample: torch.Tensor,
+    kind: type[KDPM2DiscreteSchedulerOutput] = KDPM2DiscreteSchedulerOutput,
+) -> KDPM2DiscreteSchedulerOutput:
+    """``kind(prev_sample, pred_original_sample)`` for two tensors, without ``__init__``.
+
+    ``kind`` is ``KDPM2DiscreteSchedulerOutput`` or a subclass that adds no field (its slots are empty).
+    """
     out = RawStepOutput()
     out["prev_sample"] = prev_sample
     out["pred_original_sample"] = pred_original_sample
     out.prev_sample = prev_sample
     out.pred_original_sample = pred_original_sample
-    out.__class__ = KDPM2DiscreteSchedulerOutput  # type: ignore[assignment]
+    out.__class__ = kind  # type: ignore[assignment]
     return out  # type: ignore[return-value]

@@ -21,6 +21,12 @@ config, so a save/load round trip keeps it.
 | `a1111/exponential` | "DPM2", "Exponential" |
 
 Names are matched without regard to case (``"a1111/Karras"`` works).
+
+The same names build the front-ends' DPM2 a (ComfyUI ``dpm_2_ancestral``, A1111 "DPM2 a") with
+``KDPM2AncestralDiscreteScheduler.from_preset``: both front-ends run it on the same schedule as
+DPM2 (the next-to-last sigma dropped, "Automatic" = Karras). There a preset leaves ``eta`` and
+``s_noise`` free (default 1, as both front-ends), since A1111's settings and ComfyUI's
+``SamplerDPM2Ancestral`` node set them.
 """
 
 from __future__ import annotations
@@ -57,6 +63,12 @@ COMMON_SETTINGS: dict[str, Any] = {
 """Settings every preset fixes. ``num_train_timesteps``, ``beta_start``, ``beta_end``,
 ``prediction_type`` and ``steps_offset`` (unused with ``linspace``) come from the config."""
 
+SAMPLERS = {"dpm2": "KDPM2DiscreteScheduler", "dpm2a": "KDPM2AncestralDiscreteScheduler"}
+"""The schedulers a preset builds: DPM2 (``dpm_2``, "DPM2") and DPM2 a (``dpm_2_ancestral``, "DPM2 a")."""
+
+DPM2_ONLY = ("s_churn", "s_tmin", "s_tmax", "s_noise")
+"""Settings a DPM2 preset fixes and a DPM2 a preset does not (it has no churn; ``s_noise`` is free)."""
+
 RULES = ("normal", "sgm_uniform", "simple", "karras", "exponential")
 """Schedule rules: ``normal`` is also A1111's ``Uniform`` (``CompVisDenoiser.get_sigmas``)."""
 
@@ -70,10 +82,13 @@ class Preset:
     rule: str  # one of RULES
     label: str  # what the user picks in the front-end
 
-    def settings(self) -> dict[str, Any]:
-        """The scheduler arguments this preset fixes (the rest come from the config)."""
+    def settings(self, sampler: str = "dpm2") -> dict[str, Any]:
+        """The arguments this preset fixes for ``sampler`` (a key of ``SAMPLERS``); the rest come from the config."""
+        common = (
+            COMMON_SETTINGS if sampler == "dpm2" else {k: v for k, v in COMMON_SETTINGS.items() if k not in DPM2_ONLY}
+        )
         return {
-            **COMMON_SETTINGS,
+            **common,
             "quantize_timesteps": self.frontend == "comfyui",
             "use_karras_sigmas": self.rule == "karras",
             "use_exponential_sigmas": self.rule == "exponential",
@@ -111,19 +126,22 @@ def get(name: Any) -> Preset:
     return preset
 
 
-def configure(name: str, config: Mapping[str, Any] | None, overrides: Mapping[str, Any]) -> dict[str, Any]:
+def configure(
+    name: str, config: Mapping[str, Any] | None, overrides: Mapping[str, Any], sampler: str = "dpm2"
+) -> dict[str, Any]:
     """Constructor arguments for preset ``name``: ``config``, then the preset's settings, then ``overrides``.
 
     The preset's settings replace the config's (a pipeline's SD 1.5 config says ``leading`` spacing,
     for instance); an override that contradicts the preset is a ``ValueError``, because the front-end
     does not do that. A config whose training schedule is not LDM's linear betas is refused too.
+    ``sampler`` (a key of ``SAMPLERS``) says which settings the preset fixes.
     """
     preset = get(name)
     if config is not None and not isinstance(config, Mapping):
         raise TypeError(f"config must be a dict or a scheduler config; got {type(config).__name__}")
     merged = dict(config or {})
     _check_training(preset, merged, "config")
-    settings = preset.settings()
+    settings = preset.settings(sampler)
     changed = {k: merged[k] for k in settings if k in merged and merged[k] != settings[k] and k != "preset"}
     if changed:
         logger.info("preset %r replaces these config values: %s", preset.name, changed)
@@ -152,21 +170,23 @@ def _check_training(preset: Preset, config: Mapping[str, Any], where: str) -> No
         )
 
 
-def check(config: Mapping[str, Any]) -> str:
+def check(config: Mapping[str, Any], sampler: str = "dpm2") -> str:
     """The canonical preset name of a full constructor config, after checking it agrees with the preset.
 
-    ``ValueError`` names the first argument that differs and points to ``from_preset``.
+    ``ValueError`` names the first argument that differs and points to ``from_preset`` of the
+    ``sampler``'s class (a key of ``SAMPLERS``).
     """
     preset = get(config["preset"])
+    cls = SAMPLERS[sampler]
     try:
         _check_training(preset, config, "configuration")
     except ValueError as error:
-        raise ValueError(f"{error}; KDPM2DiscreteScheduler.from_preset(name) sets it") from None
-    for key, value in preset.settings().items():
+        raise ValueError(f"{error}; {cls}.from_preset(name) sets it") from None
+    for key, value in preset.settings(sampler).items():
         if key != "preset" and config[key] != value:
             raise ValueError(
                 f"{key}={config[key]!r} contradicts preset {preset.name!r}, which sets {key}={value!r}; "
-                "use KDPM2DiscreteScheduler.from_preset(name, config) to apply a preset to a loaded config"
+                f"use {cls}.from_preset(name, config) to apply a preset to a loaded config"
             )
     return preset.name
 

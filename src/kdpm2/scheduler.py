@@ -12,7 +12,8 @@ from __future__ import annotations
 
 import math
 import struct
-from typing import Any, ClassVar
+from collections.abc import Callable
+from typing import Any, ClassVar, Protocol, Self
 
 import numpy as np
 import torch
@@ -73,79 +74,61 @@ _FAST_DTYPES = frozenset((torch.float32, torch.float64))
 """Dtypes the inline path of ``step`` computes in directly (half precision is upcast on the general path)."""
 
 
-class KDPM2DiscreteScheduler(ConfigMixin):
-    """DPM-Solver-2 (Karras et al. 2022, Algorithm 2) with diffusers' API, exact and sync-free.
+class CallLevels(Protocol):
+    """What a shell's ``_call_levels`` builds: the per-call tables in diffusers' layout (float64)."""
 
-    The arguments up to ``steps_offset`` are diffusers'; the others extend it.
+    @property
+    def sigmas(self) -> torch.Tensor: ...
+    @property
+    def sigmas_interpol(self) -> torch.Tensor: ...
+    @property
+    def timesteps(self) -> torch.Tensor: ...
+    @property
+    def num_steps(self) -> int: ...
 
-    Args:
-        num_train_timesteps: Length of the training schedule.
-        beta_start: First beta of the training schedule.
-        beta_end: Last beta of the training schedule.
-        beta_schedule: ``"linear"``, ``"scaled_linear"`` (SD 1.x/SDXL) or ``"squaredcos_cap_v2"``.
-        trained_betas: Explicit betas, ``num_train_timesteps`` values in (0, 1); replace the schedule.
-        use_karras_sigmas: Karras et al.'s rho = 7 sigmas between the bounds.
-        use_exponential_sigmas: Sigmas evenly spaced in log sigma between the bounds.
-        use_beta_sigmas: Sigmas at the quantiles of a Beta(0.6, 0.6) distribution (needs scipy).
-        prediction_type: What the model predicts: ``"epsilon"``, ``"v_prediction"`` or ``"sample"``.
-        timestep_spacing: ``"linspace"``, ``"leading"`` or ``"trailing"``, as diffusers.
-        steps_offset: Added to ``leading`` timesteps (SD 1.5 configs say 1).
-        sigma_min: Lower bound of the Karras, exponential and beta sigmas (default: the end of
-            the spaced schedule, as diffusers).
-        sigma_max: Upper bound of the same (default: the start of the spaced schedule).
-        sigma_interpolation: ``"linear"`` in sigma (diffusers) or ``"log"`` in log sigma
-            (k-diffusion, A1111, ComfyUI).
-        discard_penultimate_sigma: Build ``n + 1`` sigmas and drop the last non-zero one
-            (A1111, ComfyUI).
-        quantize_timesteps: Give the model the nearest training timestep (ComfyUI).
-        round_karras_timesteps: Round the main Karras timesteps, as diffusers does.
-        s_churn: Stochastic sampling: the churn of Karras et al. (0 is the deterministic ODE).
-        s_tmin: Churn only where sigma is at least this.
-        s_tmax: Churn only where sigma is at most this (``None``: no bound).
-        s_noise: Scale of the churn noise.
-        preset: A ComfyUI or AUTOMATIC1111 DPM2 sampler to reproduce (``kdpm2.presets.NAMES``);
-            build it with ``from_preset``, which also sets the other arguments to the preset's.
 
-    Raises:
-        ValueError: An argument outside its domain, named in the message.
-        TypeError: An argument of the wrong type, named in the message.
+class _KDPM2Core(ConfigMixin):
+    """The schedule and call machinery shared by ``KDPM2DiscreteScheduler`` and ``KDPM2AncestralDiscreteScheduler``.
 
-    The valid domain (betas in (0, 1) with finite training sigmas, sigmas within
-    ``validation.SIGMA_RANGE``, ``num_train_timesteps`` up to ``validation.MAX_TRAIN_TIMESTEPS``) is
-    described in ``kdpm2.validation``; a call outside it raises and changes nothing.
+    Everything but the sampler is here: the training table, spacing, sigma families, custom
+    ``sigmas``/``timesteps``, log interpolation, the discard, quantized timesteps, presets,
+    validation, the index lookup, ``scale_model_input``, ``add_noise`` and the one-pass step over
+    host coefficient tables. A shell subclass supplies the constructor's signature and docstring,
+    its public ``step``, and four hooks:
+
+    - ``_sampler``: its name in ``kdpm2.presets`` (which settings a preset fixes);
+    - ``_check_sampler_args(config)``: validates the arguments only it has;
+    - ``_call_levels(main_sigmas, main_timesteps, timestep_of, log_sigmas)``: the per-call tables
+      (``sigmas``, ``sigmas_interpol``, ``timesteps``, ``num_steps``) of the main schedule;
+    - ``_call_tables()``: every call's coefficients (``functional.CallTables``) from them.
     """
 
+    _sampler: ClassVar[str]
+    _output_class: ClassVar[type[KDPM2DiscreteSchedulerOutput]] = KDPM2DiscreteSchedulerOutput
+    """What ``step`` returns (``return_dict=True``)."""
+
     _compatibles: ClassVar[list[str]] = list(KARRAS_COMPATIBLES)
-    _unset_when_none = ("sigma_min", "sigma_max", "s_tmax")
+    _unset_when_none: ClassVar[tuple[str, ...]] = ("sigma_min", "sigma_max", "s_tmax")
     order = 2
 
-    def __init__(
-        self,
-        num_train_timesteps: int = 1000,
-        beta_start: float = 0.00085,
-        beta_end: float = 0.012,
-        beta_schedule: str = "linear",
-        trained_betas: np.ndarray | list[float] | None = None,
-        use_karras_sigmas: bool = False,
-        use_exponential_sigmas: bool = False,
-        use_beta_sigmas: bool = False,
-        prediction_type: str = "epsilon",
-        timestep_spacing: str = "linspace",
-        steps_offset: int = 0,
-        sigma_min: float | None = None,
-        sigma_max: float | None = None,
-        sigma_interpolation: str = "linear",
-        discard_penultimate_sigma: bool = False,
-        quantize_timesteps: bool = False,
-        round_karras_timesteps: bool = False,
-        s_churn: float = 0.0,
-        s_tmin: float = 0.0,
-        s_tmax: float | None = None,
-        s_noise: float = 1.0,
-        preset: str | None = None,
-    ) -> None:
-        config = dict(locals())
-        del config["self"]
+    def _setup(self, config: dict[str, Any]) -> None:
+        """Validate the constructor's arguments ``config``, register them and build the default schedule."""
+        num_train_timesteps, beta_start, beta_end = (
+            config["num_train_timesteps"],
+            config["beta_start"],
+            config["beta_end"],
+        )
+        beta_schedule, trained_betas, preset = config["beta_schedule"], config["trained_betas"], config["preset"]
+        prediction_type, timestep_spacing, steps_offset = (
+            config["prediction_type"],
+            config["timestep_spacing"],
+            config["steps_offset"],
+        )
+        sigma_min, sigma_max, sigma_interpolation = (
+            config["sigma_min"],
+            config["sigma_max"],
+            config["sigma_interpolation"],
+        )
         # validate everything first and keep the validated values (a NumPy scalar becomes a float)
         n_train = validation.integer("num_train_timesteps", num_train_timesteps, 2, validation.MAX_TRAIN_TIMESTEPS)
         config["num_train_timesteps"] = n_train
@@ -170,15 +153,11 @@ class KDPM2DiscreteScheduler(ConfigMixin):
         hi = config["sigma_max"] = validation.sigma_bound("sigma_max", sigma_max)
         if lo is not None and hi is not None and lo >= hi:
             raise ValueError(f"sigma_min ({lo}) must be smaller than sigma_max ({hi})")
-        config["s_churn"] = validation.real("s_churn", s_churn, 0.0)
-        config["s_tmin"] = validation.real("s_tmin", s_tmin, 0.0)
-        config["s_tmax"] = validation.real("s_tmax", s_tmax, 0.0, optional=True)
-        # bounded so that s_noise * sigma (the churn noise scale) stays finite in float32
-        config["s_noise"] = validation.real("s_noise", s_noise, 0.0, below=validation.SIGMA_RANGE[1])
+        self._check_sampler_args(config)
         if betas64 is not None:
             config["trained_betas"] = betas64.tolist()
         if preset is not None:
-            config["preset"] = presets.check(config)
+            config["preset"] = presets.check(config, self._sampler)
         betas = tables.train_betas(n_train, config["beta_start"], config["beta_end"], beta_schedule, betas64)
         alphas_cumprod = torch.cumprod(1.0 - betas, dim=0)
         validation.training_sigmas(_log_sigmas(alphas_cumprod), source, betas)
@@ -197,7 +176,7 @@ class KDPM2DiscreteScheduler(ConfigMixin):
     # -- schedule -----------------------------------------------------------------------------
 
     @classmethod
-    def from_preset(cls, name: str, config: dict[str, Any] | None = None, **overrides: Any) -> KDPM2DiscreteScheduler:
+    def from_preset(cls, name: str, config: dict[str, Any] | None = None, **overrides: Any) -> Self:
         """A scheduler that reproduces front-end sampler ``name``.
 
         Args:
@@ -214,7 +193,7 @@ class KDPM2DiscreteScheduler(ConfigMixin):
             ValueError: An unknown preset, an override that contradicts it, or a config whose
                 training schedule is not LDM's (``scaled_linear``).
         """
-        return cls.from_config(presets.configure(name, config, overrides))
+        return cls.from_config(presets.configure(name, config, overrides, cls._sampler))
 
     @property
     def _log_sigmas64(self) -> torch.Tensor:
@@ -310,7 +289,6 @@ class KDPM2DiscreteScheduler(ConfigMixin):
                 return presets.timesteps(c.preset, s, c)
             return tables.sigma_to_t(s, log_sigmas, quantize)
 
-        midpoint = presets.midpoints if c.preset is not None else None
         if sigmas is not None:
             main_sigmas = torch.from_numpy(validation.custom_sigmas(sigmas))
             main_t = timestep_of(main_sigmas[:-1])
@@ -332,11 +310,7 @@ class KDPM2DiscreteScheduler(ConfigMixin):
             else:
                 main_t, main_sigmas = self._spaced(n, log_sigmas)
 
-        s_tmax = math.inf if c.s_tmax is None else c.s_tmax
-        hat = tables.churned_sigmas(main_sigmas, c.s_churn, c.s_tmin, s_tmax)
-        if c.s_churn > 0:
-            main_t = torch.where(hat != main_sigmas[:-1], tables.sigma_to_t(hat, log_sigmas, quantize), main_t)
-        built = tables.interleave(main_sigmas, hat, main_t, timestep_of, midpoint)
+        built = self._call_levels(main_sigmas, main_t, timestep_of, log_sigmas)
         validation.finite_tables(sigmas=built.sigmas, sigmas_interpol=built.sigmas_interpol, timesteps=built.timesteps)
 
         time_dtype = (
@@ -349,6 +323,7 @@ class KDPM2DiscreteScheduler(ConfigMixin):
         host_times = (device_timesteps if device_timesteps.is_cpu else built.timesteps.to(time_dtype)).numpy()
         host_times = host_times.astype(np.float64)
 
+        self._tables = built
         self.num_inference_steps = built.num_steps
         self._sigmas64 = built.sigmas.numpy()
         self._interpol64 = built.sigmas_interpol.numpy()
@@ -390,7 +365,7 @@ class KDPM2DiscreteScheduler(ConfigMixin):
         found: dict[float, int] | None = self._lookups.get(rule)
         if found is None:
             values = self._index_values_list
-            found = lookup.first_or_second_index(values) if rule == "diffusers" else lookup.step_start_index(values)
+            found = lookup.first_or_second_index(values) if rule == "diffusers" else lookup.step_start_index(values, self._calls.step_starts())
             self._lookups[rule] = found
         return found
 
@@ -409,10 +384,7 @@ class KDPM2DiscreteScheduler(ConfigMixin):
 
     def _build_calls(self) -> None:
         """Every call's coefficients for the current config (again when a pipeline rewrote it)."""
-        c = self.config
-        self._calls = functional.call_tables(
-            self._sigmas64, self._interpol64, self._n_calls, c.prediction_type, c.s_churn, c.s_noise
-        )
+        self._calls = self._call_tables()
         self._call_table = _to_device(self._calls.as_tensor(), self._time_table.device, torch.float64)
         self._calls_config = self._internal_dict
 
@@ -465,6 +437,12 @@ class KDPM2DiscreteScheduler(ConfigMixin):
             begin_index: Index of the first call, from 0 to ``len(timesteps) - 1``.
         """
         self._begin_index = validation.integer("begin_index", begin_index, 0, self._num_calls - 1)
+
+    @classmethod
+    def _get_compatibles(cls) -> list[type]:
+        """diffusers' compatible classes and the other kdpm2 scheduler, whose config keys load silently."""
+        siblings = [other for other in _KDPM2Core.__subclasses__() if other is not cls]
+        return [*super()._get_compatibles(), *siblings]
 
     @property
     def compatibles(self) -> list[Any]:
@@ -709,39 +687,20 @@ class KDPM2DiscreteScheduler(ConfigMixin):
         torch._assert_async(found.all(), "timestep is not in the schedule (see scheduler.timesteps)")
         return indices[0].to(device=self._call_table.device, dtype=torch.int64)
 
-    def step(
+    def _step(
         self,
         model_output: torch.Tensor,
         timestep: float | torch.Tensor,
         sample: torch.Tensor,
         return_dict: bool = True,
         generator: torch.Generator | None = None,
+        draw: Callable[[int], torch.Tensor] | None = None,
     ) -> KDPM2DiscreteSchedulerOutput | tuple[torch.Tensor, torch.Tensor]:
-        """Advance one model call: first order to the midpoint, or second order to the next sigma.
+        """``step`` of both shells: one call, in one pass over the data.
 
-        Inputs are never modified. The first call without a begin index is located by its
-        timestep; every later call checks that ``timestep`` is its own where that needs no device
-        sync (a view of ``scheduler.timesteps``, a number or a CPU tensor) and raises
-        ``ValueError`` otherwise. The last call keeps no reference to its inputs, so the autograd
-        graph of a loop is freed with its outputs. Under ``torch.compile`` (and in eager calls
-        after a compiled one) the call's coefficients come from the device call table; past the
-        end of the schedule that lookup fails, and timesteps are not checked.
-
-        Args:
-            model_output: The model's prediction at this call (``prediction_type``).
-            timestep: This call's timestep; locates the first call when no begin index is set.
-            sample: The current sample, shaped like ``model_output``.
-            return_dict: Return a ``KDPM2DiscreteSchedulerOutput`` rather than a tuple.
-            generator: Feeds the churn noise when ``s_churn > 0``.
-
-        Returns:
-            ``prev_sample`` and ``pred_original_sample``, computed in at least float32 and
-            rounded once to the promoted dtype of ``sample`` and ``model_output``.
-
-        Raises:
-            ValueError: Mismatched shapes, a timestep not in the schedule or not this call's,
-                every call has run, or a float16 call beyond float16's range.
-            TypeError: A non-tensor, a tensor torch cannot step, or a non-``Generator``.
+        ``draw(k)``, when given, supplies the noise of second-order call ``k`` (``k`` is -1 under
+        the device counter) in place of a draw from ``generator``. The output is of the shell's
+        ``_output_class``.
         """
         k = self._step_index
         stored = self.sample
@@ -781,7 +740,7 @@ class KDPM2DiscreteScheduler(ConfigMixin):
             fast = False
         calls = self._calls
         if not fast or k is None or (stored is not None and calls.churn):
-            return self._step_general(model_output, timestep, sample, return_dict, generator)
+            return self._step_general(model_output, timestep, sample, return_dict, generator, draw)
         if stored is None:
             model, x0_model, _ = calls.lanes[0]
             alpha, beta = model[k], x0_model[k]
@@ -790,11 +749,11 @@ class KDPM2DiscreteScheduler(ConfigMixin):
                 x0 = torch.add(sample, model_output, alpha=beta)
             else:
                 prev_sample, x0 = calls.run(0, k, (sample, model_output, None, None))
-            if k + 1 < self._n_calls:
+            if calls.follows[k]:  # a second-order call follows
                 self.sample = sample
                 self._stored_shape, self._stored_dtype = shape, dtype
-            else:  # the last call keeps nothing: its sample would hold the loop's autograd graph
-                self._ended_first = True
+            else:  # nothing to store; the last call keeps nothing: its sample would hold the loop's autograd graph
+                self._ended_first = k + 1 == self._n_calls
         else:
             model, x0_model, _ = calls.lanes[1]
             alpha, beta = model[k], x0_model[k]
@@ -812,7 +771,7 @@ class KDPM2DiscreteScheduler(ConfigMixin):
         out["pred_original_sample"] = x0
         out.prev_sample = prev_sample
         out.pred_original_sample = x0
-        out.__class__ = KDPM2DiscreteSchedulerOutput  # type: ignore[assignment]
+        out.__class__ = self._output_class  # type: ignore[assignment]
         return out  # type: ignore[return-value]
 
     def _step_general(
@@ -822,6 +781,7 @@ class KDPM2DiscreteScheduler(ConfigMixin):
         sample: torch.Tensor,
         return_dict: bool,
         generator: torch.Generator | None,
+        draw: Callable[[int], torch.Tensor] | None = None,
     ) -> KDPM2DiscreteSchedulerOutput | tuple[torch.Tensor, torch.Tensor]:
         """``step`` for every call the inline path leaves out: the loop's first call, a timestep to
         check by value, promotion, half precision, CUDA (the fused kernel), churn, and the device
@@ -841,7 +801,7 @@ class KDPM2DiscreteScheduler(ConfigMixin):
         noise = stored = None
         if not first:
             if self._calls.churn if on_device else self._calls.noise(k):
-                noise = _randn(sample, generator)
+                noise = _randn(sample, generator) if draw is None else draw(k)
             stored = self.sample
             if stored is not None and stored.dtype != dtype:
                 stored = stored.to(dtype)
@@ -863,14 +823,14 @@ class KDPM2DiscreteScheduler(ConfigMixin):
             else:
                 prev_sample, x0 = self._apply(order, k, sample, model_output, stored, noise)
             self._step_index = k + 1
-            self.sample = sample if first and k + 1 < self._n_calls else None
+            self.sample = sample if first and self._calls.follows[k] else None
             self._ended_first = first and k + 1 == self._n_calls
             # what the inline path compares the next call's sample with (validated above)
             fast_stored = sample.is_cpu and dtype in _FAST_DTYPES
             self._stored_shape, self._stored_dtype = (sample.shape if fast_stored else None), dtype
         if not return_dict:
             return prev_sample, x0
-        return _output(prev_sample, x0)
+        return _output(prev_sample, x0, self._output_class)
 
     def _apply(
         self,
@@ -1035,6 +995,26 @@ class KDPM2DiscreteScheduler(ConfigMixin):
             self._check_half_noise(max(self._host_sigmas))
         return self._sigmas_on(like.device, like.dtype)[_to_device(indices, like.device, indices.dtype)]
 
+    # -- hooks of the shells ----------------------------------------------------------------
+
+    def _check_sampler_args(self, config: dict[str, Any]) -> None:
+        """Validate (and normalise in ``config``) the constructor arguments only this sampler has."""
+        raise NotImplementedError
+
+    def _call_levels(
+        self,
+        main_sigmas: torch.Tensor,
+        main_timesteps: torch.Tensor,
+        timestep_of: Callable[[torch.Tensor], torch.Tensor],
+        log_sigmas: torch.Tensor,
+    ) -> CallLevels:
+        """The per-call tables of main sigmas ``s_0..s_n`` and their timesteps (``timestep_of`` maps sigmas)."""
+        raise NotImplementedError
+
+    def _call_tables(self) -> functional.CallTables:
+        """Every call's coefficients for the current config and tables."""
+        raise NotImplementedError
+
     def __len__(self) -> int:
         return int(self.config.num_train_timesteps)
 
@@ -1044,6 +1024,147 @@ class KDPM2DiscreteScheduler(ConfigMixin):
         table = state.get("_time_table")
         if table is not None:
             self._time_base = _NO_ADDRESS if table.is_meta else table.data_ptr()
+
+
+class KDPM2DiscreteScheduler(_KDPM2Core):
+    """DPM-Solver-2 (Karras et al. 2022, Algorithm 2) with diffusers' API, exact and sync-free.
+
+    The arguments up to ``steps_offset`` are diffusers'; the others extend it.
+
+    Args:
+        num_train_timesteps: Length of the training schedule.
+        beta_start: First beta of the training schedule.
+        beta_end: Last beta of the training schedule.
+        beta_schedule: ``"linear"``, ``"scaled_linear"`` (SD 1.x/SDXL) or ``"squaredcos_cap_v2"``.
+        trained_betas: Explicit betas, ``num_train_timesteps`` values in (0, 1); replace the schedule.
+        use_karras_sigmas: Karras et al.'s rho = 7 sigmas between the bounds.
+        use_exponential_sigmas: Sigmas evenly spaced in log sigma between the bounds.
+        use_beta_sigmas: Sigmas at the quantiles of a Beta(0.6, 0.6) distribution (needs scipy).
+        prediction_type: What the model predicts: ``"epsilon"``, ``"v_prediction"`` or ``"sample"``.
+        timestep_spacing: ``"linspace"``, ``"leading"`` or ``"trailing"``, as diffusers.
+        steps_offset: Added to ``leading`` timesteps (SD 1.5 configs say 1).
+        sigma_min: Lower bound of the Karras, exponential and beta sigmas (default: the end of
+            the spaced schedule, as diffusers).
+        sigma_max: Upper bound of the same (default: the start of the spaced schedule).
+        sigma_interpolation: ``"linear"`` in sigma (diffusers) or ``"log"`` in log sigma
+            (k-diffusion, A1111, ComfyUI).
+        discard_penultimate_sigma: Build ``n + 1`` sigmas and drop the last non-zero one
+            (A1111, ComfyUI).
+        quantize_timesteps: Give the model the nearest training timestep (ComfyUI).
+        round_karras_timesteps: Round the main Karras timesteps, as diffusers does.
+        s_churn: Stochastic sampling: the churn of Karras et al. (0 is the deterministic ODE).
+        s_tmin: Churn only where sigma is at least this.
+        s_tmax: Churn only where sigma is at most this (``None``: no bound).
+        s_noise: Scale of the churn noise.
+        preset: A ComfyUI or AUTOMATIC1111 DPM2 sampler to reproduce (``kdpm2.presets.NAMES``);
+            build it with ``from_preset``, which also sets the other arguments to the preset's.
+
+    Raises:
+        ValueError: An argument outside its domain, named in the message.
+        TypeError: An argument of the wrong type, named in the message.
+
+    The valid domain (betas in (0, 1) with finite training sigmas, sigmas within
+    ``validation.SIGMA_RANGE``, ``num_train_timesteps`` up to ``validation.MAX_TRAIN_TIMESTEPS``) is
+    described in ``kdpm2.validation``; a call outside it raises and changes nothing.
+    """
+
+    _sampler = "dpm2"
+
+    def __init__(
+        self,
+        num_train_timesteps: int = 1000,
+        beta_start: float = 0.00085,
+        beta_end: float = 0.012,
+        beta_schedule: str = "linear",
+        trained_betas: np.ndarray | list[float] | None = None,
+        use_karras_sigmas: bool = False,
+        use_exponential_sigmas: bool = False,
+        use_beta_sigmas: bool = False,
+        prediction_type: str = "epsilon",
+        timestep_spacing: str = "linspace",
+        steps_offset: int = 0,
+        sigma_min: float | None = None,
+        sigma_max: float | None = None,
+        sigma_interpolation: str = "linear",
+        discard_penultimate_sigma: bool = False,
+        quantize_timesteps: bool = False,
+        round_karras_timesteps: bool = False,
+        s_churn: float = 0.0,
+        s_tmin: float = 0.0,
+        s_tmax: float | None = None,
+        s_noise: float = 1.0,
+        preset: str | None = None,
+    ) -> None:
+        config = dict(locals())
+        del config["self"]
+        self._setup(config)
+
+    def _check_sampler_args(self, config: dict[str, Any]) -> None:
+        """The churn of Karras et al. Algorithm 2: ``s_churn``, ``s_tmin``, ``s_tmax``, ``s_noise``."""
+        s_churn, s_tmin, s_tmax, s_noise = config["s_churn"], config["s_tmin"], config["s_tmax"], config["s_noise"]
+        config["s_churn"] = validation.real("s_churn", s_churn, 0.0)
+        config["s_tmin"] = validation.real("s_tmin", s_tmin, 0.0)
+        config["s_tmax"] = validation.real("s_tmax", s_tmax, 0.0, optional=True)
+        # bounded so that s_noise * sigma (the churn noise scale) stays finite in float32
+        config["s_noise"] = validation.real("s_noise", s_noise, 0.0, below=validation.SIGMA_RANGE[1])
+
+    def _call_levels(
+        self,
+        main_sigmas: torch.Tensor,
+        main_timesteps: torch.Tensor,
+        timestep_of: Callable[[torch.Tensor], torch.Tensor],
+        log_sigmas: torch.Tensor,
+    ) -> tables.Tables:
+        """Churned first-order levels, then each step's midpoint (the front-end's float32 one with a preset)."""
+        c, main_t, quantize = self.config, main_timesteps, self.config.quantize_timesteps
+        s_tmax = math.inf if c.s_tmax is None else c.s_tmax
+        hat = tables.churned_sigmas(main_sigmas, c.s_churn, c.s_tmin, s_tmax)
+        if c.s_churn > 0:
+            main_t = torch.where(hat != main_sigmas[:-1], tables.sigma_to_t(hat, log_sigmas, quantize), main_t)
+        midpoint = presets.midpoints if c.preset is not None else None
+        return tables.interleave(main_sigmas, hat, main_t, timestep_of, midpoint)
+
+    def _call_tables(self) -> functional.CallTables:
+        c = self.config
+        return functional.call_tables(
+            self._sigmas64, self._interpol64, self._n_calls, c.prediction_type, c.s_churn, c.s_noise
+        )
+
+    def step(
+        self,
+        model_output: torch.Tensor,
+        timestep: float | torch.Tensor,
+        sample: torch.Tensor,
+        return_dict: bool = True,
+        generator: torch.Generator | None = None,
+    ) -> KDPM2DiscreteSchedulerOutput | tuple[torch.Tensor, torch.Tensor]:
+        """Advance one model call: first order to the midpoint, or second order to the next sigma.
+
+        Inputs are never modified. The first call without a begin index is located by its
+        timestep; every later call checks that ``timestep`` is its own where that needs no device
+        sync (a view of ``scheduler.timesteps``, a number or a CPU tensor) and raises
+        ``ValueError`` otherwise. The last call keeps no reference to its inputs, so the autograd
+        graph of a loop is freed with its outputs. Under ``torch.compile`` (and in eager calls
+        after a compiled one) the call's coefficients come from the device call table; past the
+        end of the schedule that lookup fails, and timesteps are not checked.
+
+        Args:
+            model_output: The model's prediction at this call (``prediction_type``).
+            timestep: This call's timestep; locates the first call when no begin index is set.
+            sample: The current sample, shaped like ``model_output``.
+            return_dict: Return a ``KDPM2DiscreteSchedulerOutput`` rather than a tuple.
+            generator: Feeds the churn noise when ``s_churn > 0``.
+
+        Returns:
+            ``prev_sample`` and ``pred_original_sample``, computed in at least float32 and
+            rounded once to the promoted dtype of ``sample`` and ``model_output``.
+
+        Raises:
+            ValueError: Mismatched shapes, a timestep not in the schedule or not this call's,
+                every call has run, or a float16 call beyond float16's range.
+            TypeError: A non-tensor, a tensor torch cannot step, or a non-``Generator``.
+        """
+        return self._step(model_output, timestep, sample, return_dict, generator)
 
 
 def _noised(original: torch.Tensor, noise: torch.Tensor, sigma: float) -> torch.Tensor:
