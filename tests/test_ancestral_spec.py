@@ -21,7 +21,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from k_diffusion import sampling
 
-from kdpm2 import KDPM2AncestralDiscreteScheduler, ancestral_tables
+from kdpm2 import KDPM2AncestralDiscreteScheduler, ancestral_tables, functional
 from kdpm2_spec import AncestralReference, Reference, ancestral_step
 from kdpm2_spec import ancestral_invariants as ai
 from kdpm2_spec.adapter import NumpyAdapter, TorchAdapter
@@ -170,8 +170,9 @@ def test_noise_statistics_catch_wrong_noise_scale() -> None:
     class Doubled(KDPM2AncestralDiscreteScheduler):
         def _call_tables(self) -> Any:
             tables = super()._call_tables()
-            second = [c._replace(noise=c.noise * 1.1) for c in tables.coefficients[1]]
-            return tables._replace(coefficients=(tables.coefficients[0], second), plans=({}, {}))
+            columns = tables.columns.copy()
+            columns[functional.SECOND, 3] *= 1.1  # the noise coefficient of every second-order call
+            return functional.CallTables(columns, tables.churn, None, tables.epsilon, tables.second)
 
     case = ai.AncestralLoop({}, 10, 0.0, 3, (2, 64))
     ai.check_noise_statistics(OURS["float64"], case)
