@@ -20,7 +20,7 @@ import torch
 from hypothesis import example, given
 from hypothesis import strategies as st
 
-from kdpm2 import KDPM2DiscreteScheduler, lookup
+from kdpm2 import KDPM2AncestralDiscreteScheduler, KDPM2DiscreteScheduler, lookup
 from kdpm2_spec import invariants
 from kdpm2_spec.adapter import TorchAdapter
 from kdpm2_spec.reference import Reference
@@ -358,3 +358,96 @@ def test_float16_steps_are_finite_or_refused(top: float, prediction_type: str, s
         out = s.step(torch.randn(64, generator=g).half(), t, x)
         assert torch.isfinite(out.prev_sample).all() and torch.isfinite(out.pred_original_sample).all()
         x = out.prev_sample
+
+
+# -- the ancestral class: the same core, so the same rules ------------------------------------------
+
+ANCESTRAL = TorchAdapter(KDPM2AncestralDiscreteScheduler)
+
+
+def ancestral(config: dict, request: dict) -> KDPM2AncestralDiscreteScheduler:
+    s = KDPM2AncestralDiscreteScheduler(**config)
+    s.set_timesteps(**request)
+    return s
+
+
+EULER_INSIDE = ({"eta": 2.0}, {"sigmas": [10.0, 2.0, 1.9, 0.5, 0.0]})
+"""eta 2 clamps the steps 10 -> 2 and 1.9 -> 0.5 (sigma_down 0): one Euler call each, so the steps
+start at calls 0, 1, 3 and 4, not at the even positions."""
+
+
+@pytest.mark.parametrize(("config", "request_"), ISSUE_CASES[:6])
+def test_ancestral_issue_cases_visit_every_call(config: dict, request_: dict) -> None:
+    """DPM2 a on the issue's schedules (first timesteps repeated): views, floats and copies start at call 0."""
+    s = ancestral(config, request_)
+    values = s.timesteps.tolist()
+    assert values.count(values[0]) > 1, f"timesteps[0] no longer repeats: {values[:4]}"
+    for timesteps in (s.timesteps, s.timesteps.tolist(), s.timesteps.clone()):
+        walk(ancestral(config, request_), timesteps)
+    invariants.check_plain_loop(s, ANCESTRAL)
+    last = ancestral(config, request_)
+    walk(last, last.timesteps)
+    with pytest.raises(ValueError, match=r"all \d+ calls have run"):
+        last.step(torch.zeros(1, 2, 3), last.timesteps[-1], torch.ones(1, 2, 3))
+
+
+def test_ancestral_euler_steps_inside_keep_the_loop_in_order() -> None:
+    """Steps of one call (eta > 1) shift the step starts off the even positions; loops and lookups follow them."""
+    config, request_ = EULER_INSIDE
+    s = ancestral(config, request_)
+    assert len(s.timesteps) == 5 and [lv.sigma_mid is None for lv in s.step_levels] == [True, False, True, True]
+    for timesteps in (s.timesteps, s.timesteps.tolist(), s.timesteps.clone()):
+        walk(ancestral(config, request_), timesteps)
+    for start in (1, 3, 4):  # image to image from each step start after the first, with and without a begin index
+        fresh = ancestral(config, request_)
+        fresh.set_begin_index(start)
+        walk(fresh, fresh.timesteps[start:], start)
+        walk(ancestral(config, request_), s.timesteps[start:].tolist(), start)
+    starts = [0, 1, 3, 4]
+    values = [5.0, 4.0, 3.0, 3.0, 1.0]  # call 2 (a midpoint) shares its value with call 3 (a step start)
+    assert lookup.step_start_index(values, starts)[3.0] == 3, "the step start, not the midpoint"
+    assert lookup.step_start_index(values)[3.0] == 2, "even positions: the first even match"
+
+
+def test_ancestral_timestep_of_another_call_is_refused() -> None:
+    """The timestep check is the core's: a second loop or a repeated call on DPM2 a is named, and changes nothing."""
+    s = KDPM2AncestralDiscreteScheduler()
+    s.set_timesteps(10)
+    x = torch.ones(1, 2, 3)
+    x = s.step(torch.zeros_like(x), s.timesteps[0], x).prev_sample
+    for wrong in (s.timesteps[0], s.timesteps[2], float(s.timesteps[3]), s.timesteps[3].clone()):
+        assert_refused(s, s.scale_model_input, x, wrong)
+        assert_refused(s, s.step, torch.zeros_like(x), wrong, x, torch.Generator().manual_seed(0))
+    s.step(torch.zeros_like(x), s.timesteps[1], x, torch.Generator().manual_seed(0))
+    assert s.step_index == 2
+
+
+def test_ancestral_last_call_releases_the_graph() -> None:
+    """DPM2 a keeps nothing of a differentiable loop (noise drawn at every second-order call)."""
+    s = KDPM2AncestralDiscreteScheduler()
+    s.set_timesteps(4)
+    w = torch.tensor(0.5, requires_grad=True)
+    x = torch.randn(2, 3, requires_grad=True)
+    seen = []
+    g = torch.Generator().manual_seed(0)
+    for t in s.timesteps:
+        seen.append(weakref.ref(x))
+        x = s.step(s.scale_model_input(x, t) * w, t, x, g).prev_sample
+    x.sum().backward()
+    assert w.grad is not None and s.sample is None
+    del x
+    gc.collect()
+    assert all(ref() is None for ref in seen), "a sample of the loop is still referenced"
+
+
+def test_ancestral_float16_beyond_its_range_is_refused_up_front() -> None:
+    """The float16 range check is the core's: DPM2 a at sigma 70000 is refused before any work."""
+    s = KDPM2AncestralDiscreteScheduler()
+    s.set_timesteps(sigmas=[70000, 1, 0])
+    s.set_begin_index(0)
+    x = torch.randn(1, 4, 8, 8, generator=torch.Generator().manual_seed(0)).half()
+    with pytest.raises(ValueError, match=r"float16.*65504"):
+        s.step(torch.randn_like(x), s.timesteps[0], x)
+    assert s.step_index is None and s.sample is None
+    out = s.step(torch.randn_like(x).float(), s.timesteps[0], x.float())
+    assert torch.isfinite(out.prev_sample).all()
