@@ -7,9 +7,10 @@ a call executes does not (to within a few hundred). This script runs itself unde
 ``valgrind --tool=callgrind --instr-atstart=no`` (imports run uninstrumented), brackets every
 measured region with callgrind client requests (``bench/cg_marks.c``, compiled here with ``cc``)
 and writes ``OUT.json`` and ``OUT.md``: per operation, the instructions of ``kdpm2``, of
-diffusers' ``KDPM2DiscreteScheduler`` and of the ``floor``, the bare torch operations the
-operation cannot do without (listed in ``FLOORS``). One torch thread, float32, Python's hash seed
-fixed.
+diffusers' ``KDPM2DiscreteScheduler`` (``KDPM2AncestralDiscreteScheduler`` for the ``ancestral_``
+operations) and of the ``floor``, the bare torch operations the operation cannot do without
+(listed in ``FLOORS``; none is written for the ancestral ``set_timesteps``). One torch thread,
+float32, Python's hash seed fixed.
 
 Each operation is timed as a region of ``rounds`` runs, minus a region of the same rounds of its
 setup alone where it has one: the ``step`` figure is a real 25-step loop (every call index once,
@@ -51,7 +52,7 @@ class Op(NamedTuple):
     what: str
     calls: int
     rounds: int
-    build: Callable[[str], tuple[Callable[[], Any], Callable[[], Any] | None]]
+    build: Callable[[str], tuple[Callable[[], Any], Callable[[], Any] | None] | None]
 
 
 def scheduler(impl: str, **config: Any) -> Any:
@@ -60,6 +61,15 @@ def scheduler(impl: str, **config: Any) -> Any:
     else:
         from diffusers import KDPM2DiscreteScheduler
     return KDPM2DiscreteScheduler(**config)
+
+
+def ancestral(impl: str) -> Any:
+    """``KDPM2AncestralDiscreteScheduler`` (DPM2 a) of ``impl``: the class that shares kdpm2's core."""
+    if impl == "kdpm2":
+        from kdpm2 import KDPM2AncestralDiscreteScheduler
+    else:
+        from diffusers import KDPM2AncestralDiscreteScheduler
+    return KDPM2AncestralDiscreteScheduler()
 
 
 def tensors(shape: tuple[int, ...], count: int) -> list[Any]:
@@ -207,6 +217,48 @@ def build_add_noise(begin: bool) -> Callable[[str], tuple[Callable[[], Any], Cal
     return build
 
 
+def build_ancestral_step(impl: str) -> tuple[Callable[[], Any], Callable[[], Any] | None] | None:
+    """DPM2 a in a real 25-step loop, each second-order call drawing its noise from a generator."""
+    import torch
+
+    x0, m = tensors(SHAPE, 2)
+    if impl == "floor":
+
+        def floor_loop() -> None:
+            g = torch.Generator().manual_seed(0)
+            x = x0
+            for k in range(CALLS):
+                x = floor_step(x, m)
+                if k % 2:  # a second-order call: its draw and one more term
+                    x = x.add(torch.randn(SHAPE, generator=g), alpha=0.5)
+
+        return floor_loop, None
+    s = ancestral(impl)
+
+    def setup() -> list[Any]:
+        s.set_timesteps(STEPS)
+        s.set_begin_index(0)
+        return list(s.timesteps)
+
+    def loop() -> None:
+        g = torch.Generator().manual_seed(0)
+        x = x0
+        for t in setup():
+            x = s.step(m, t, x, generator=g).prev_sample
+
+    return loop, setup
+
+
+def build_ancestral_set_timesteps(n: int) -> Callable[[str], tuple[Callable[[], Any], Callable[[], Any] | None] | None]:
+    def build(impl: str) -> tuple[Callable[[], Any], Callable[[], Any] | None] | None:
+        if impl == "floor":
+            return None  # no bare-torch version of the ancestral split is written here
+        s = ancestral(impl)
+        return lambda: s.set_timesteps(n), None
+
+    return build
+
+
 OPS = (
     Op("step", "one `step` call in a real 25-step loop, 1x4x64x64 float32 (per call)", CALLS, 4, build_step),
     Op("loop25", "25-step loop: set_timesteps, scale_model_input + step per call (per loop)", 1, 3, build_loop),
@@ -215,6 +267,15 @@ OPS = (
     Op("constructor", "`KDPM2DiscreteScheduler()` (runs `set_timesteps(1000)`)", 1, 2, build_constructor),
     Op("add_noise_begin", "`add_noise`, 4x4x64x64, begin index set", 1, 20, build_add_noise(True)),
     Op("add_noise_lookup", "`add_noise`, 4x4x64x64, timestep lookup (no begin index)", 1, 20, build_add_noise(False)),
+    Op(
+        "ancestral_step",
+        "DPM2 a: one `step` call in a real 25-step loop, noise from a generator, 1x4x64x64 float32 (per call)",
+        CALLS,
+        4,
+        build_ancestral_step,
+    ),
+    Op("ancestral_set_timesteps_1000", "DPM2 a: `set_timesteps(1000)`", 1, 2, build_ancestral_set_timesteps(1000)),
+    Op("ancestral_set_timesteps_25", "DPM2 a: `set_timesteps(25)`", 1, 5, build_ancestral_set_timesteps(25)),
 )
 
 FLOORS = {
@@ -225,6 +286,7 @@ FLOORS = {
     "constructor": "`linspace` of betas, `cumprod`, the training sigmas and `floor_set_timesteps(1000)`",
     "add_noise_begin": "`x + noise * sigma`, sigma a prebuilt (4, 1, 1, 1) tensor",
     "add_noise_lookup": "the same",
+    "ancestral_step": "the `step` floor, plus per second-order call one `torch.randn` from a generator and one `add`",
 }
 
 
@@ -247,7 +309,10 @@ def child(names: list[str], impls: list[str]) -> None:
         if op.name not in names:
             continue
         for impl in impls:
-            run, setup = op.build(impl)
+            built = op.build(impl)
+            if built is None:  # no such implementation of this operation (a floor not written)
+                continue
+            run, setup = built
             regions = [("run", run)] + ([("setup", setup)] if setup is not None else [])
             for label, function in regions:
                 for _ in range(2):  # warm: translated code, caches, lazily built tables

@@ -25,6 +25,14 @@ Fields are separated by ``;`` (a ``|`` would end a table cell). The kinds:
     write the marker on its own lines).
 ``demo-run ; FILE``
     when and where that record was made: date, machine, torch, diffusers and k-diffusion.
+``instructions ; FILE``
+    the callgrind counts of a ``bench/instructions.py`` record: per operation the instructions
+    of kdpm2, diffusers and the floor and diffusers' over kdpm2's, then what each floor is (a
+    Markdown table and list: write the marker on its own lines).
+``instructions-run ; FILE``
+    when, where and at which commit that record was made, with the versions and its command.
+``count ; FILE ; OPERATION ; IMPL``
+    one count of that record, in thousands or millions (``66.4k``, ``6.59M``).
 
 ``RUN`` is a pytest-benchmark JSON file under ``bench/results/`` named without ``.json``
 (``bench/results/cpu-home-1thread.json`` is ``cpu-home-1thread``); ``FILE`` is a path from the
@@ -147,6 +155,42 @@ def demo_table(data: dict[str, Any]) -> str:
     return "\n\n" + "\n".join(rows) + "\n\n"
 
 
+def instructions_table(data: dict[str, Any]) -> str:
+    """A ``bench/instructions.py`` record as a Markdown table and the list of floors, between blank lines."""
+    rows = [
+        "| operation | kdpm2 | diffusers | floor | diffusers / kdpm2 |",
+        "|---|---:|---:|---:|---:|",
+    ]
+    for op in data["operations"].values():
+        ours, theirs, floor = op.get("kdpm2"), op.get("diffusers"), op.get("floor")
+        cells = [f"{v:,.0f}" if v else "" for v in (ours, theirs, floor)]
+        ratio = f"{theirs / ours:.1f}x" if ours and theirs else ""
+        rows.append(f"| {op['what']} | {' | '.join(cells)} | {ratio} |")
+    floors = [f"- {name}: {what}" for name, what in data.get("floors", {}).items()]
+    return "\n\n" + "\n".join(rows) + "\n\nFloors:\n\n" + "\n".join(floors) + "\n\n"
+
+
+def instructions_run(path: str) -> str:
+    """``2026-12-04 09:10 UTC at commit abc1234 on ... (Python ..., ...; `FILE`, `COMMAND`)``."""
+    data = _json(ROOT / path)
+    m = data["machine"]
+    versions = f"Python {m['python']}, torch {m['torch']}, diffusers {m['diffusers']}, {m['valgrind']}"
+    return (
+        f"{data['date']} at commit `{data['commit']}` on {m['cores']}-core {m['cpu']} ({versions}; "
+        f"`{path}`, made by `{data['command']}`)"
+    )
+
+
+def count(path: str, operation: str, impl: str) -> str:
+    """One instruction count of a ``bench/instructions.py`` record: ``66.4k``, ``6.59M``."""
+    value = _json(ROOT / path)["operations"][operation][impl]
+    if value is None:
+        raise ValueError(f"{path} has no count of {impl!r} for {operation!r}")
+    if value >= 1e6:
+        return f"{significant(value / 1e6, 3)}M"
+    return f"{significant(value / 1e3, 3)}k"
+
+
 def render(spec: str) -> str:
     """The text of the marker whose fields are ``spec``."""
     kind, *args = (field.strip() for field in spec.split(";"))
@@ -175,6 +219,12 @@ def render(spec: str) -> str:
         return (
             f"{data['date']} on a {data['machine']} ({versions}; `{args[0]}`)"
         )
+    if kind == "instructions" and len(args) == 1:
+        return instructions_table(_json(ROOT / args[0]))
+    if kind == "instructions-run" and len(args) == 1:
+        return instructions_run(args[0])
+    if kind == "count" and len(args) == 3:
+        return count(*args)
     raise ValueError(
         f"unknown number {spec!r}: see docs/scripts/site_numbers.py for the kinds and their fields"
     )
