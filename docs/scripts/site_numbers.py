@@ -162,12 +162,24 @@ def instructions_table(data: dict[str, Any]) -> str:
         "|---|---:|---:|---:|---:|",
     ]
     for op in data["operations"].values():
-        ours, theirs, floor = op.get("kdpm2"), op.get("diffusers"), op.get("floor")
+        ours, theirs, floor = (
+            op.get("kdpm2"),
+            op.get("diffusers"),
+            op.get("floor"),
+        )
         cells = [f"{v:,.0f}" if v else "" for v in (ours, theirs, floor)]
         ratio = f"{theirs / ours:.1f}x" if ours and theirs else ""
         rows.append(f"| {op['what']} | {' | '.join(cells)} | {ratio} |")
-    floors = [f"- {name}: {what}" for name, what in data.get("floors", {}).items()]
-    return "\n\n" + "\n".join(rows) + "\n\nFloors:\n\n" + "\n".join(floors) + "\n\n"
+    floors = [
+        f"- {name}: {what}" for name, what in data.get("floors", {}).items()
+    ]
+    return (
+        "\n\n"
+        + "\n".join(rows)
+        + "\n\nFloors:\n\n"
+        + "\n".join(floors)
+        + "\n\n"
+    )
 
 
 def instructions_run(path: str) -> str:

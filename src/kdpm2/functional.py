@@ -275,8 +275,8 @@ class CallTables:
         "epsilon",
         "follows",
         "lanes",
-        "second",
         "num_calls",
+        "second",
         "table",
     )
 

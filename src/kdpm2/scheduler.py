@@ -365,7 +365,11 @@ class _KDPM2Core(ConfigMixin):
         found: dict[float, int] | None = self._lookups.get(rule)
         if found is None:
             values = self._index_values_list
-            found = lookup.first_or_second_index(values) if rule == "diffusers" else lookup.step_start_index(values, self._calls.step_starts())
+            found = (
+                lookup.first_or_second_index(values)
+                if rule == "diffusers"
+                else lookup.step_start_index(values, self._calls.step_starts())
+            )
             self._lookups[rule] = found
         return found
 
