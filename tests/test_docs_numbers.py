@@ -158,3 +158,43 @@ def test_demo_table_is_the_record_row_by_row() -> None:
         assert (int(cells[0]), int(cells[1]), float(cells[2])) == (steps, 2 * steps - 1, float(f"{error:.3e}"))
         assert calls == 2 * steps - 1
         assert all(float(c) < 1e-3 * error for c in cells[3:]), "the samplers agree far below the error"
+
+
+def test_instruction_counts_are_the_record_row_by_row(tmp_path: Path) -> None:
+    """The callgrind table, one count and the run line come from a ``bench/instructions.py`` record."""
+    record = {
+        "date": "2026-12-04 09:10 UTC",
+        "commit": "abc1234",
+        "command": "python bench/instructions.py",
+        "machine": {
+            "cpu": "Some CPU",
+            "cores": 2,
+            "python": "3.11.7",
+            "torch": "2.14.1",
+            "diffusers": "0.42.1",
+            "valgrind": "valgrind-3.22.0",
+        },
+        "floors": {"step": "two `torch.add`"},
+        "operations": {
+            "step": {"what": "one `step`", "kdpm2": 67548.2, "diffusers": 217000.0, "floor": 50123.0},
+            "ancestral_set_timesteps_25": {
+                "what": "DPM2 a: `set_timesteps(25)`",
+                "kdpm2": 2345678.0,
+                "diffusers": 23456789.0,
+                "floor": None,
+            },
+        },
+    }
+    path = tmp_path / "instructions.json"
+    path.write_text(json.dumps(record))
+    lines = numbers.render(f"instructions ; {path}").strip().splitlines()
+    assert lines[0] == "| operation | kdpm2 | diffusers | floor | diffusers / kdpm2 |"
+    assert lines[2] == "| one `step` | 67,548 | 217,000 | 50,123 | 3.2x |"
+    assert lines[3] == "| DPM2 a: `set_timesteps(25)` | 2,345,678 | 23,456,789 |  | 10.0x |"
+    assert lines[-1] == "- step: two `torch.add`"
+    assert numbers.render(f"count ; {path} ; step ; kdpm2") == "67.5k"
+    assert numbers.render(f"count ; {path} ; ancestral_set_timesteps_25 ; diffusers") == "23.5M"
+    with pytest.raises(ValueError, match="no count of 'floor'"):
+        numbers.render(f"count ; {path} ; ancestral_set_timesteps_25 ; floor")
+    run = numbers.render(f"instructions-run ; {path}")
+    assert run.startswith("2026-12-04 09:10 UTC at commit `abc1234` on 2-core Some CPU (Python 3.11.7, torch 2.14.1")
