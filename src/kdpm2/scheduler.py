@@ -1,11 +1,17 @@
-"""``KDPM2DiscreteScheduler``: diffusers' public surface over the pure tables and step functions.
+"""``KDPM2DiscreteScheduler`` and its schedule core: diffusers' public surface over pure functions.
 
-The shell keeps the schedule twice: as torch tensors in diffusers' layout (the public attributes)
-and as host float64 lists, from which ``set_timesteps`` computes every call's coefficients once
-(``functional.call_tables``), on the host and as a small device table. The step index is a host
+The core (``_KDPM2Core``) keeps the schedule twice: as torch tensors in diffusers' layout (the
+public attributes) and as host float64 arrays, from which ``set_timesteps`` computes every
+call's coefficients once (``functional.CallTables``), on the host and as a small device table. The step index is a host
 integer, so an eager loop never waits for the GPU. Under ``torch.compile`` the index moves into a
 device counter that each call advances in place and the coefficients are read from the device
 table, so one graph serves every call of an order instead of one graph per call.
+
+The common eager call (CPU float32/float64 tensors, the call's own view of ``timesteps``) is
+checked inline in ``_step``, ``scale_model_input`` and ``add_noise``; everything else takes the
+general path, which words the errors. Both shells, ``KDPM2DiscreteScheduler`` and
+``kdpm2.ancestral.KDPM2AncestralDiscreteScheduler``, run on these paths: a shell only builds its
+call tables (``_call_levels``, ``_call_tables``) and says where its noise comes from.
 """
 
 from __future__ import annotations
