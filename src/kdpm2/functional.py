@@ -242,6 +242,8 @@ class Lane(NamedTuple):
     ``prev`` and ``x0`` are each one ``torch.add`` (``TWO_TERMS``)."""
     x0_model: array[float]
     """``Coefficients.x0_model``."""
+    noise: array[float]
+    """``Coefficients.noise``: in a common call, ``prev`` adds the noise times this (when non-zero)."""
     scales: array[float]
     """The model-input divisor ``sqrt(sigma^2 + 1)``."""
 
@@ -369,7 +371,7 @@ class CallTables:
         model = _doubles(columns[2]) if self.epsilon else array("d", bytes(8 * self.num_calls))
         if order == SECOND and len(model):
             model[0] = 0.0  # there is no second-order call 0
-        return Lane(model, _doubles(columns[5]), _doubles(columns[6]))
+        return Lane(model, _doubles(columns[5]), _doubles(columns[3]), _doubles(columns[6]))
 
     def run(self, order: int, k: int, inputs: tuple[torch.Tensor | None, ...]) -> tuple[torch.Tensor, torch.Tensor]:
         """``(prev_sample, pred_original_sample)`` of call ``k`` with plain torch ops (``run_step``'s values)."""

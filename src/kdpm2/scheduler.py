@@ -749,10 +749,10 @@ class _KDPM2Core(ConfigMixin):
         except RuntimeError:
             fast = False
         calls = self._calls
-        if not fast or k is None or (stored is not None and calls.churn):
+        if not fast or k is None:
             return self._step_general(model_output, timestep, sample, return_dict, generator, draw)
         if stored is None:
-            model, x0_model, _ = calls.lanes[0]
+            model, x0_model, _, _ = calls.lanes[0]
             alpha, beta = model[k], x0_model[k]
             if alpha and beta:  # the common call (Lane.model)
                 prev_sample = torch.add(sample, model_output, alpha=alpha)
@@ -765,13 +765,29 @@ class _KDPM2Core(ConfigMixin):
             else:  # nothing to store; the last call keeps nothing: its sample would hold the loop's autograd graph
                 self._ended_first = k + 1 == self._n_calls
         else:
-            model, x0_model, _ = calls.lanes[1]
+            noise = None
+            if calls.churn:  # a call that may draw noise: the ancestral shell's draw inline, churn on the general path
+                if draw is None or not calls.noise(k):
+                    return self._step_general(model_output, timestep, sample, return_dict, generator, draw)
+                noise = draw(k)  # every check has passed: the call cannot be refused after its draw
+                if not (
+                    type(noise) is _TENSOR
+                    and noise.dtype is dtype
+                    and noise.is_cpu
+                    and noise.layout is _STRIDED
+                    and noise.shape == shape
+                ):
+                    drawn = noise
+                    return self._step_general(model_output, timestep, sample, return_dict, generator, lambda _: drawn)
+            model, x0_model, noise_scale, _ = calls.lanes[1]
             alpha, beta = model[k], x0_model[k]
-            if alpha and beta:
+            if alpha and beta:  # run_sum's operations: stored + alpha * model_output, then the noise term
                 prev_sample = torch.add(stored, model_output, alpha=alpha)
+                if noise is not None and noise_scale[k]:
+                    prev_sample.add_(noise, alpha=noise_scale[k])
                 x0 = torch.add(sample, model_output, alpha=beta)
             else:
-                prev_sample, x0 = calls.run(1, k, (sample, model_output, stored, None))
+                prev_sample, x0 = calls.run(1, k, (sample, model_output, stored, noise))
             self.sample = None
         self._step_index = k + 1
         if not return_dict:
