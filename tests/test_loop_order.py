@@ -451,3 +451,18 @@ def test_ancestral_float16_beyond_its_range_is_refused_up_front() -> None:
     assert s.step_index is None and s.sample is None
     out = s.step(torch.randn_like(x).float(), s.timesteps[0], x.float())
     assert torch.isfinite(out.prev_sample).all()
+
+
+def test_the_spec_accepts_a_float16_refusal_only_beyond_the_range() -> None:
+    """The gate's low-precision check takes a refusal naming the dtype where the call's sigmas exceed 65504 / 16."""
+    from kdpm2_spec.conformance import refusable
+
+    wide, narrow = Reference(), Reference()
+    wide.set_timesteps(sigmas=[70000.0, 1.0, 0.0])
+    narrow.set_timesteps(10)
+    refused = ValueError("sample is float16, whose largest finite value is 65504, but ...")
+    assert refusable(wide, 0, "float16", refused)
+    assert not refusable(narrow, 0, "float16", refused), "sigmas within the range: a result is due"
+    assert not refusable(wide, 0, "bfloat16", refused), "the error must name the call's dtype"
+    assert not refusable(wide, 0, "float16", TypeError(str(refused)))
+    assert not refusable(wide, 2, "float16", refused), "the last call works at sigmas 1 and 265"
