@@ -24,6 +24,7 @@ import tempfile
 from typing import Any
 
 import numpy as np
+from hypothesis import reject
 
 from kdpm2_spec import invariants, levels, schedule
 from kdpm2_spec import strategies as ks
@@ -153,10 +154,34 @@ INVARIANT_NEEDS = {
 """Attributes an invariant reads besides ``timesteps`` and ``sigmas`` (a class without one: unsupported)."""
 
 
+STEPPING_INVARIANTS = ("step_alternates",)
+"""The invariants that call ``step`` (a low-precision run checks them within the dtype's range only)."""
+
+
+def within_dtype_range(target: Target, config: dict[str, Any], steps: int) -> None:
+    """Leave out (Hypothesis ``reject``) a case whose sigmas a low-precision run's dtype cannot hold.
+
+    In float16, a schedule with sigmas beyond ``LARGEST / RANGE_MARGIN`` (``squaredcos_cap_v2``
+    starts at 20291) overflows with Gaussian data: an implementation may refuse such calls, naming
+    the dtype (kdpm2 does), or return what the dtype holds. Loops and step sequences are checked
+    within the range; ``low_precision_step`` checks single calls beyond it (``refusable``).
+    """
+    dtype = str(getattr(target.adapter, "dtype_name", "float64"))
+    if dtype not in LARGEST or dtype == "float64":
+        return
+    ref = Reference(**config)
+    ref.set_timesteps(steps)
+    level = max(np.abs(ref.sigmas).max(), np.abs(ref.sigmas_interpol).max())
+    if level > LARGEST[dtype] / RANGE_MARGIN:
+        reject()
+
+
 def _invariant(name: str) -> None:
     check = INVARIANTS[name]
 
     def run_check(target: Target, case: ks.Schedule) -> None:
+        if name in STEPPING_INVARIANTS:
+            within_dtype_range(target, case.config, case.steps)
         impl = call("constructor", target.create, case.config)
         call("set_timesteps", impl.set_timesteps, case.steps)
         for attribute in ("timesteps", "sigmas", *INVARIANT_NEEDS.get(name, ())):
@@ -389,6 +414,7 @@ def _loop(target: Target, case: ks.Loop, inpaint: bool = False) -> None:
 @prop(lambda target: ks.loops(target.args), LOOP_EXAMPLES)
 def sampling_loop(target: Target, case: ks.Loop) -> None:
     """Whole sampling loops (from noise or image to image) equal the reference's, at the run's numerical level."""
+    within_dtype_range(target, case.config, case.steps)
     _loop(target, case)
 
 
@@ -402,6 +428,7 @@ def sampling_loop(target: Target, case: ks.Loop) -> None:
 )
 def add_noise_mid_loop(target: Target, case: ks.Loop) -> None:
     """Inpainting: ``add_noise(x0, noise, timesteps[k + 1])`` after every call ``k`` uses the next call's sigma (#7386)."""
+    within_dtype_range(target, case.config, case.steps)
     _loop(target, case, inpaint=True)
 
 
@@ -532,7 +559,7 @@ naming the dtype (refused before any work, nothing changed) is as correct as a r
 def refusable(ref: Reference, k: int, dtype: str, error: BaseException | None) -> bool:
     """``error`` is a refusal the spec accepts at call ``k``: a ``ValueError`` naming ``dtype`` where
     the call's sigmas (``sigmas`` and ``sigmas_interpol`` at ``k - 1 .. k + 1``) exceed ``LARGEST / RANGE_MARGIN``."""
-    if not isinstance(error, ValueError) or dtype not in str(error):
+    if not isinstance(error, ValueError) or dtype not in LARGEST or dtype not in str(error):
         return False
     window = slice(max(k - 1, 0), k + 2)
     level = max(np.abs(ref.sigmas[window]).max(), np.abs(ref.sigmas_interpol[window]).max())
@@ -596,6 +623,7 @@ def low_precision_step(target: Target, case: ks.LowPrecision) -> None:
 @prop(lambda target: ks.schedules(target.args), SCHEDULE_EXAMPLES)
 def illegal_calls(target: Target, case: ks.Schedule) -> None:
     """``step`` past the end and ``set_begin_index`` out of range raise ``ValueError``."""
+    within_dtype_range(target, case.config, case.steps)
     impl = call("constructor", target.create, case.config)
     call("set_timesteps", impl.set_timesteps, case.steps)
     need(impl, "set_begin_index")
