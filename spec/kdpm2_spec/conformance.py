@@ -442,6 +442,8 @@ def add_noise_mid_loop(target: Target, case: ks.Loop) -> None:
 )
 def set_timesteps_again(target: Target, case: ks.Rerun) -> None:
     """``set_timesteps`` after a partial loop (image to image or not) leaves a scheduler that samples as a fresh one."""
+    within_dtype_range(target, case.config, case.first)
+    within_dtype_range(target, case.config, case.steps)
     impl = call("constructor", target.create, case.config)
     call("set_timesteps", impl.set_timesteps, case.first)
     a = target.adapter
