@@ -13,8 +13,8 @@ from typing import Any
 import pytest
 
 from kdpm2 import KDPM2AncestralDiscreteScheduler, KDPM2DiscreteScheduler
-from kdpm2_spec import ancestral_family, conformance, gate
 from kdpm2_spec import ancestral_invariants as ai
+from kdpm2_spec import catalog, conformance, gate
 from kdpm2_spec.registry import FAMILIES, Target
 
 diffusers = pytest.importorskip("diffusers")
@@ -106,6 +106,6 @@ def test_ours_passes_in_every_dtype_and_what_cannot_be_judged_is_unsupported(dty
     report = conformance.run(KDPM2AncestralDiscreteScheduler, profile="ci", dtype=dtype, shrink=False)
     assert report.exit_status == conformance.EXIT_OK, str(report)
     unsupported = {r.name for r in report.results if r.status == "unsupported"}
-    judged = {name for name in ai.CHECKS if dtype in ancestral_family.dtypes_of(name)}
+    judged = {name for name in ai.CHECKS if dtype in catalog.dtypes_of(name)}
     assert unsupported == set(ai.CHECKS) - judged
     assert "ancestral_tables_finite" in judged and "ancestral_matches_reference_exact" not in judged
