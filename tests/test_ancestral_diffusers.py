@@ -23,6 +23,7 @@ import pytest
 import torch
 from diffusers.utils.torch_utils import randn_tensor
 
+from helpers_pipelines import tiny_pipeline, tiny_unet
 from helpers_sched import TRAINED_BETAS, one_thread
 from kdpm2 import KDPM2AncestralDiscreteScheduler, KDPM2DiscreteScheduler
 from kdpm2 import noise as noise_sources
@@ -323,39 +324,14 @@ def test_constructor_is_diffusers_then_more() -> None:
 def test_pipeline_swap(tmp_path) -> None:
     """A Stable Diffusion pipeline (tiny, random) runs with our scheduler swapped in from diffusers' config,
     gives the UNet the same timesteps and lands near diffusers' result with the same generator."""
-    from diffusers import AutoencoderKL, StableDiffusionPipeline, UNet2DConditionModel
-
-    torch.manual_seed(0)
-    unet = UNet2DConditionModel(
-        block_out_channels=(8, 16),
-        layers_per_block=1,
-        sample_size=8,
-        in_channels=4,
-        out_channels=4,
-        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
-        up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
-        cross_attention_dim=8,
-        norm_num_groups=4,
-        attention_head_dim=2,
-    ).eval()
-    vae = AutoencoderKL(
-        block_out_channels=(8,),
-        latent_channels=4,
-        norm_num_groups=4,
-        down_block_types=("DownEncoderBlock2D",),
-        up_block_types=("UpDecoderBlock2D",),
-    )
+    unet = tiny_unet()
     base = diffusers.KDPM2AncestralDiscreteScheduler(
         beta_schedule="scaled_linear", timestep_spacing="leading", steps_offset=1
     )
     embeds = torch.randn(2, 4, 8, generator=torch.Generator().manual_seed(1))
     results = {}
     for name, scheduler in (("diffusers", base), ("kdpm2", KDPM2AncestralDiscreteScheduler.from_config(base.config))):
-        pipe = StableDiffusionPipeline(
-            vae=vae, text_encoder=None, tokenizer=None, unet=unet, scheduler=scheduler,
-            safety_checker=None, feature_extractor=None, requires_safety_checker=False,
-        )  # fmt: skip
-        pipe.set_progress_bar_config(disable=True)
+        pipe = tiny_pipeline(scheduler)
         seen: list[float] = []
 
         def record(module: Any, args: tuple, kwargs: dict, seen: list[float] = seen) -> None:

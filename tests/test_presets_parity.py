@@ -31,6 +31,7 @@ from k_diffusion import external, sampling
 
 import helpers_parity as hp
 from helpers_parity import figures
+from helpers_pipelines import tiny_pipeline, tiny_unet
 from helpers_sched import assert_rel_close, one_thread
 from kdpm2 import KDPM2DiscreteScheduler, presets
 
@@ -305,56 +306,19 @@ def test_cli_prints_upstream_calls(preset, label, steps, capsys):
     check_calls(preset, [tuple(call) for call in out["calls"]], case, f"[kdpm2 schedule --preset {preset}]")
 
 
-@functools.cache
-def tiny_unet() -> Any:
-    from diffusers import UNet2DConditionModel
-
-    torch.manual_seed(0)
-    return UNet2DConditionModel(
-        block_out_channels=(8, 16),
-        layers_per_block=1,
-        sample_size=8,
-        in_channels=4,
-        out_channels=4,
-        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
-        up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
-        cross_attention_dim=8,
-        norm_num_groups=4,
-        attention_head_dim=2,
-    ).eval()
-
-
 @pytest.mark.parametrize(
     ("preset", "label", "steps"), [("comfyui/normal", "normal", 6), ("a1111/automatic", "Karras", 5)]
 )
 def test_stable_diffusion_pipeline_feeds_the_unet_what_the_front_end_does(preset, label, steps):
     """A real diffusers pipeline (tiny random UNet): every UNet timestep and the scaled first latent."""
-    from diffusers import AutoencoderKL, EulerDiscreteScheduler, StableDiffusionPipeline
+    from diffusers import EulerDiscreteScheduler
 
     case = recorded(preset, label, steps)
     sd_config = EulerDiscreteScheduler(
         beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012, steps_offset=1, timestep_spacing="leading"
     ).config
-    torch.manual_seed(0)
-    vae = AutoencoderKL(
-        block_out_channels=(8,),
-        latent_channels=4,
-        norm_num_groups=4,
-        down_block_types=("DownEncoderBlock2D",),
-        up_block_types=("UpDecoderBlock2D",),
-    )
     unet = tiny_unet()
-    pipe = StableDiffusionPipeline(
-        vae=vae,
-        text_encoder=None,
-        tokenizer=None,
-        unet=unet,
-        scheduler=KDPM2DiscreteScheduler.from_preset(preset, sd_config),
-        safety_checker=None,
-        feature_extractor=None,
-        requires_safety_checker=False,
-    )
-    pipe.set_progress_bar_config(disable=True)
+    pipe = tiny_pipeline(KDPM2DiscreteScheduler.from_preset(preset, sd_config))
     seen: list[tuple[float, torch.Tensor]] = []
 
     def record(module: Any, args: tuple, kwargs: dict) -> None:
