@@ -169,8 +169,13 @@ def test_tables_agree_with_diffusers_where_it_is_finite(beta, family, spacing, o
     d_sig, d_up, d_down = (getattr(theirs, name).double().tolist() for name in ("sigmas", "sigmas_up", "sigmas_down"))
     d_mid, d_t = theirs.sigmas_interpol.double().tolist(), theirs.timesteps.double().tolist()
     calls = len(ours.timesteps)
-    if not (_finite(theirs.sigmas_down) and _finite(theirs.sigmas_interpol[:calls])):
-        assert beta == "squaredcos_cap_v2", "diffusers' tables are NaN only with squaredcos_cap_v2 (#14213)"
+    # diffusers' NaNs have one cause (#14213): its float32 s_next^2 - sigma_up^2 is negative (NaN sigma_down)
+    # or rounds to 0 (the log-lerp of its midpoint is then -inf - -inf). Which steps that hits depends on
+    # the last bit of its float32 sigmas, so on the CPU: with squaredcos_cap_v2 on any, and e.g. with
+    # these trained betas at 2 steps on an Intel AVX-512 Xeon (not on an AMD EPYC).
+    for k in range(calls):
+        if not (np.isfinite(d_down[k]) and np.isfinite(d_mid[k])):
+            assert not d_down[k] > 0, f"diffusers' NaN at call {k} without its sigma_down rounding to 0 or below"
     for i, level in enumerate(ours.step_levels[:-1]):  # the last step goes to 0: no split to compare
         k = 2 * i  # diffusers alternates: step i's first call
         s, s_next = level.sigma, level.sigma_next

@@ -21,7 +21,7 @@ from hypothesis import example, given
 from hypothesis import strategies as st
 
 from kdpm2 import KDPM2AncestralDiscreteScheduler, KDPM2DiscreteScheduler, lookup
-from kdpm2_spec import invariants
+from kdpm2_spec import AncestralReference, invariants
 from kdpm2_spec.adapter import TorchAdapter
 from kdpm2_spec.reference import Reference
 
@@ -407,6 +407,26 @@ def test_ancestral_euler_steps_inside_keep_the_loop_in_order() -> None:
     values = [5.0, 4.0, 3.0, 3.0, 1.0]  # call 2 (a midpoint) shares its value with call 3 (a step start)
     assert lookup.step_start_index(values, starts)[3.0] == 3, "the step start, not the midpoint"
     assert lookup.step_start_index(values)[3.0] == 2, "even positions: the first even match"
+
+
+SHARED_MIDPOINT = ({"eta": 2.0, "quantize_timesteps": True}, {"sigmas": [10.0, 2.0, 1.999, 0.5, 0.0]})
+"""Calls 1-3 share the integer timestep 465: the start of step 1, its midpoint (call 2, even) and the
+start of the one-call step 2 (call 3, odd), so "the first even match" would be a midpoint."""
+
+
+def test_reference_and_kdpm2_start_a_plain_value_at_the_same_step_start() -> None:
+    """AncestralReference follows the real step starts (``step_starts``), not the even positions."""
+    config, request_ = SHARED_MIDPOINT
+    ref = AncestralReference(**config)
+    ref.set_timesteps(**request_)
+    assert [order for _, order in ref.calls] == [1, 1, 2, 1, 1]
+    values = ancestral(config, request_).timesteps.tolist()
+    assert values == ref.timesteps.tolist() and values[1] == values[2] == values[3], values
+    for p, value in enumerate(values):
+        s = ancestral(config, request_)
+        s.scale_model_input(torch.ones(1, 2, 3), value)
+        want = 1 if p in (1, 2, 3) else p  # the first step start holding the value
+        assert (s.step_index, ref.first_call_index(value)) == (want, want), p
 
 
 def test_ancestral_timestep_of_another_call_is_refused() -> None:

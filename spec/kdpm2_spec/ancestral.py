@@ -145,6 +145,10 @@ class AncestralReference(Reference):
         self._step_index: int | None = None
         self._begin_index: int | None = None
 
+    def step_starts(self) -> np.ndarray:
+        """Positions of the steps' first calls: not only the even ones once a step makes one call (eta > 1)."""
+        return np.array([p for p, (_, order) in enumerate(self.calls) if order == 1], dtype=np.int64)
+
     @property
     def current_sigma(self) -> float:
         """Noise level at which the model is evaluated in the next call (a second-order call reads entry ``k - 1``)."""

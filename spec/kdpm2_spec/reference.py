@@ -255,11 +255,11 @@ class Reference:
     def first_call_index(self, timestep: float) -> int:
         """Where a loop without a begin index starts: the first *step start* matching ``timestep``.
 
-        A loop's first call is a first-order call, and those sit at even positions. So the first
-        call is the first even position holding ``timestep``, else its first position: a plain
-        loop ``for t in timesteps`` starts at call 0 even when the first timesteps repeat (sigmas
-        above the training range all map to timestep ``T - 1``), and an image-to-image start at a
-        timestep that the previous midpoint shares starts at its step. (An implementation that
+        A loop's first call is a first-order call, a step's first (``step_starts``: the even
+        positions here). So the first call is the first step start holding ``timestep``, else its
+        first position: a plain loop ``for t in timesteps`` starts at call 0 even when the first
+        timesteps repeat (sigmas above the training range all map to timestep ``T - 1``), and an
+        image-to-image start at a timestep that the previous midpoint shares starts at its step. (An implementation that
         receives an element of its own ``timesteps`` tensor may take that element's position.)
         ``index_for_timestep`` keeps diffusers' rule (second match), which made such loops skip
         their first call. Raises ``ValueError`` when the timestep is absent.
@@ -267,8 +267,12 @@ class Reference:
         matches = np.flatnonzero(self.timesteps == timestep)
         if len(matches) == 0:
             raise ValueError(f"timestep {timestep} is not in the schedule")
-        even = matches[matches % 2 == 0]
-        return int(even[0] if len(even) else matches[0])
+        starts = matches[np.isin(matches, self.step_starts())]
+        return int(starts[0] if len(starts) else matches[0])
+
+    def step_starts(self) -> np.ndarray:
+        """Positions of the steps' first calls: the even ones, as every DPM2 step but the last makes two calls."""
+        return np.arange(0, len(self.timesteps), 2)
 
     def _init_step_index(self, timestep: float) -> None:
         if self._step_index is None:
