@@ -104,6 +104,7 @@ def test_checker_reports_a_wrong_number_and_a_missing_source(tmp_path: Path) -> 
     right = numbers.render("median ; cpu-1thread ; set_timesteps cpu 1000 ; kdpm2 ; ms")
     assert right == f"{ours * 1e3:.3g} ms"
     assert numbers.render("ratio ; cpu-1thread ; set_timesteps cpu 1000 ; diffusers") == f"{theirs / ours:.0f}x"
+    assert numbers.render("ratio ; cpu-1thread ; set_timesteps cpu 1000 ; kdpm2 ; diffusers") == f"{ours / theirs:.1f}x"
     page = tmp_path / "page.md"
     page.write_text(
         "| a | <!-- n: median ; cpu-1thread ; set_timesteps cpu 1000 ; kdpm2 ; ms -->9.99 ms<!-- /n --> |\n"

@@ -17,6 +17,7 @@ from hypothesis import strategies as st
 from kdpm2_spec import conformance
 from kdpm2_spec.__main__ import main
 from kdpm2_spec.cases import parse_case, reproducer, shell_quote
+from kdpm2_spec.registry import FAMILIES
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -33,13 +34,27 @@ def _targets() -> list[conformance.Target]:
     return [*found, conformance.Target.of(diffusers.KDPM2DiscreteScheduler)]
 
 
-@pytest.mark.parametrize("name", list(conformance.PROPERTIES))
-def test_every_printed_case_parses_back_to_itself(name: str) -> None:
-    """Drawn cases of each property (over kdpm2's, the reference's and diffusers' arguments) and its pinned ones."""
-    prop = conformance.PROPERTIES[name]
+def _ancestral_targets() -> list[conformance.Target]:
+    from kdpm2 import KDPM2AncestralDiscreteScheduler
+
+    found = [conformance.Target.of(KDPM2AncestralDiscreteScheduler)]
+    try:
+        import diffusers
+    except ImportError:
+        return found
+    return [*found, conformance.Target.of(diffusers.KDPM2AncestralDiscreteScheduler)]
+
+
+@pytest.mark.parametrize(
+    ("family", "name"), [(family, name) for family in ("kdpm2", "ancestral") for name in FAMILIES[family].properties]
+)
+def test_every_printed_case_parses_back_to_itself(family: str, name: str) -> None:
+    """Drawn cases of each property of both families (over kdpm2's, the reference's and diffusers' arguments)
+    and its pinned ones: a reproducer printed for a DPM2 a class runs too."""
+    prop = FAMILIES[family].properties[name]
     for pinned in prop.examples:
         assert parse_case(repr(pinned)) == pinned
-    targets = _targets()
+    targets = _targets() if family == "kdpm2" else _ancestral_targets()
 
     @given(st.data())
     def round_trip(data: st.DataObject) -> None:

@@ -13,8 +13,9 @@ Fields are separated by ``;`` (a ``|`` would end a table cell). The kinds:
 ``median ; RUN ; GROUP ; IMPL ; UNIT``
     the median time of one call of ``IMPL`` in benchmark group ``GROUP`` (a round's median over
     ``extra_info["calls_per_round"]``), in ``s``, ``ms`` or ``us``, three significant digits.
-``ratio ; RUN ; GROUP ; BASELINE``
-    ``BASELINE``'s median over kdpm2's in that group: ``262x`` from 10 up, else ``2.6x``.
+``ratio ; RUN ; GROUP ; BASELINE[ ; IMPL]``
+    ``BASELINE``'s median over kdpm2's (or ``IMPL``'s) in that group: ``262x`` from 10 up, else
+    ``2.6x``.
 ``run ; RUN``
     when and where ``RUN`` was measured: date, CPU, core count, torch, torch threads.
 ``value ; FILE ; KEY[.KEY...] ; FORMAT``
@@ -211,9 +212,9 @@ def render(spec: str) -> str:
         if unit not in UNITS:
             raise ValueError(f"unit {unit!r} is not one of {sorted(UNITS)}")
         return f"{significant(per_call(name, group, impl) * UNITS[unit], 3)} {unit}"
-    if kind == "ratio" and len(args) == 3:
-        name, group, base = args
-        ratio = per_call(name, group, base) / per_call(name, group, "kdpm2")
+    if kind == "ratio" and len(args) in (3, 4):
+        name, group, base, impl = (*args, "kdpm2")[:4]
+        ratio = per_call(name, group, base) / per_call(name, group, impl)
         return f"{ratio:.0f}x" if ratio >= 10 else f"{ratio:.1f}x"
     if kind == "run" and len(args) == 1:
         return describe(args[0])

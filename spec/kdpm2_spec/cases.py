@@ -24,10 +24,13 @@ _NUMPY_SCALARS = ("float64", "float32", "float16", "int64", "int32", "bool_")
 
 
 def constructors() -> dict[str, Callable[..., Any]]:
-    """The callables a case may name: every NamedTuple of the strategies, ``linear_betas``, NumPy's."""
+    """The callables a case may name: every NamedTuple of the strategies (both families'), ``linear_betas``, NumPy's."""
+    from kdpm2_spec import ancestral_invariants  # the ancestral family's cases (imported on use: it needs Hypothesis)
+
     allowed: dict[str, Callable[..., Any]] = {
         name: value
-        for name, value in vars(ks).items()
+        for module in (ks, ancestral_invariants)
+        for name, value in vars(module).items()
         if isinstance(value, type) and issubclass(value, tuple) and hasattr(value, "_fields")
     }
     allowed["linear_betas"] = ks.linear_betas
