@@ -1,6 +1,7 @@
 """The DPM2 a figures of docs/parity.md: measure them into a result file, or print the page's tables.
 
     PYTHONPATH=src:spec python docs/scripts/ancestral_parity.py --measure   # writes the file below
+    PYTHONPATH=src:spec python docs/scripts/ancestral_parity.py --nan-steps # adds this CPU's NaN step counts
     PYTHONPATH=src:spec python docs/scripts/ancestral_parity.py             # prints the tables
 
 Inputs and outputs, all committed under ``tests/parity/``:
@@ -89,30 +90,9 @@ def measure() -> dict[str, Any]:
             worst["final_rel_l2"],
             float(np.linalg.norm(a - b) / np.linalg.norm(b)),
         )
-    nan_steps: dict[str, list[int]] = {}
     import diffusers
 
-    theirs = diffusers.KDPM2AncestralDiscreteScheduler(
-        beta_schedule="squaredcos_cap_v2"
-    )
-    for spacing, family in itertools.product(
-        ("linspace", "leading", "trailing"), (None, "karras", "exponential")
-    ):
-        flags = {
-            "use_karras_sigmas": family == "karras",
-            "use_exponential_sigmas": family == "exponential",
-        }
-        theirs.register_to_config(timestep_spacing=spacing, **flags)
-        bad = []
-        for n in range(1, 101):
-            theirs.set_timesteps(n)
-            calls = len(theirs.timesteps)
-            if not (
-                torch.isfinite(theirs.sigmas_down).all()
-                and torch.isfinite(theirs.sigmas_interpol[:calls]).all()
-            ):
-                bad.append(n)
-        nan_steps[f"{spacing}/{family or 'spaced'}"] = bad
+    nan_steps = nan_steps_squaredcos()
     loop_worst, loop_sd, loop_ratio = 0.0, 0.0, 0.0
     for beta, family, (spacing, offset), n in itertools.product(
         BETAS, FAMILIES, SPACINGS, STEPS
@@ -145,6 +125,59 @@ def measure() -> dict[str, Any]:
         "diffusers_loop_worst_scaled_linear": loop_sd,
         "diffusers_loop_worst_over_bound": loop_ratio,
     }
+
+
+def nan_steps_squaredcos() -> dict[str, list[int]]:
+    """Per spacing/sigmas, the step counts (1 to 100) where diffusers' squaredcos_cap_v2 tables are NaN here."""
+    import diffusers
+    import torch
+
+    nan_steps: dict[str, list[int]] = {}
+    theirs = diffusers.KDPM2AncestralDiscreteScheduler(
+        beta_schedule="squaredcos_cap_v2"
+    )
+    for spacing, family in itertools.product(
+        ("linspace", "leading", "trailing"), (None, "karras", "exponential")
+    ):
+        flags = {
+            "use_karras_sigmas": family == "karras",
+            "use_exponential_sigmas": family == "exponential",
+        }
+        theirs.register_to_config(timestep_spacing=spacing, **flags)
+        bad = []
+        for n in range(1, 101):
+            theirs.set_timesteps(n)
+            calls = len(theirs.timesteps)
+            if not (
+                torch.isfinite(theirs.sigmas_down).all()
+                and torch.isfinite(theirs.sigmas_interpol[:calls]).all()
+            ):
+                bad.append(n)
+        nan_steps[f"{spacing}/{family or 'spaced'}"] = bad
+    return nan_steps
+
+
+def record_nan_steps() -> None:
+    """Add (or replace) this CPU's entry of ``diffusers_nan_steps_by_cpu`` in the measured file."""
+    import diffusers
+
+    measured = json.loads(MEASURED.read_text(encoding="utf-8"))
+    cpu = _cpu_model()
+    entries = [
+        e
+        for e in measured.get("diffusers_nan_steps_by_cpu", [])
+        if e["cpu"] != cpu
+    ]
+    entries.append(
+        {
+            "cpu": cpu,
+            "date": datetime.date.today().isoformat(),
+            "diffusers": diffusers.__version__,
+            "steps": nan_steps_squaredcos(),
+        }
+    )
+    measured["diffusers_nan_steps_by_cpu"] = entries
+    MEASURED.write_text(json.dumps(measured, indent=1) + "\n", encoding="utf-8")
 
 
 def _cpu_model() -> str:
@@ -197,9 +230,27 @@ def tables() -> str:
         f"and within {measured['diffusers_loop_worst']:.2g} in all, where diffusers' float32 "
         "`sqrt(s_next^2 - sigma_up^2)` cancels (at most "
         f"{measured['diffusers_loop_worst_over_bound']:.2g} of the test's bound, 2e-5 plus four times that "
-        f"cancellation error). Its `squaredcos_cap_v2` runs are NaN at (spacing/sigmas: steps, of 1 to 100) "
-        f"{nan_text}.",
+        f"cancellation error). On that machine its `squaredcos_cap_v2` runs are NaN at (spacing/sigmas: steps, "
+        f"of 1 to 100) {nan_text}.",
     ]
+    others = [
+        e
+        for e in measured.get("diffusers_nan_steps_by_cpu", [])
+        if e["cpu"] != measured["machine"]["cpu"]
+    ]
+    if others:
+        text = " and ".join(
+            f"on an {e['cpu']} ({e['date']}), "
+            + "; ".join(
+                f"{k}: {_ranges(v)}" for k, v in e["steps"].items() if v
+            )
+            for e in others
+        )
+        lines[-1] += (
+            " Which step counts turn NaN depends on the last bit of its float32 sigmas, so on the CPU: "
+            f"{text}. `tests/test_ancestral_diffusers.py` asserts the cause wherever it is NaN, and NaN at 2 and 3 "
+            "steps."
+        )
     return "\n".join(lines)
 
 
@@ -221,7 +272,14 @@ def main() -> None:
         action="store_true",
         help=f"measure and write {MEASURED.name}",
     )
+    parser.add_argument(
+        "--nan-steps",
+        action="store_true",
+        help=f"record where diffusers' squaredcos_cap_v2 tables are NaN on this CPU into {MEASURED.name}",
+    )
     args = parser.parse_args()
+    if args.nan_steps:
+        record_nan_steps()
     if args.measure:
         MEASURED.write_text(
             json.dumps(measure(), indent=1) + "\n", encoding="utf-8"
