@@ -327,3 +327,23 @@ def test_diffusers_rejects_custom_schedules(kwargs: dict) -> None:
     with pytest.raises(TypeError):
         KDPM2DiscreteScheduler().set_timesteps(**kwargs)
     Reference().set_timesteps(**kwargs)
+
+
+@pytest.mark.parametrize(
+    ("start", "end", "steps"),
+    [
+        (0.00085, 0.012, 1000),
+        (0.00085**0.5, 0.012**0.5, 1000),
+        (1e-4, 0.02, 1000),
+        (1e-4, 0.02, 7),
+        (0.5, 0.5, 3),
+        (0.1, 0.2, 1),
+    ],
+)
+def test_the_spec_emulates_torch_s_vectorized_float32_linspace(start: float, end: float, steps: int) -> None:
+    """Without torch loaded the spec's float32 betas come from its NumPy model of torch's vectorized
+    ``linspace`` kernel: bit for bit wherever torch runs it (every x86-64 CPU with AVX2)."""
+    if torch.backends.cpu.get_cpu_capability() == "DEFAULT":
+        pytest.skip("torch runs its scalar linspace kernel here (no AVX2), which the model does not describe")
+    want = torch.linspace(start, end, steps, dtype=torch.float32).numpy()
+    assert np.array_equal(schedule.vectorized_float32_linspace(start, end, steps), want)

@@ -21,6 +21,7 @@ float32 ``alphas_cumprod`` moves the smallest sigma by about 2e-5 relative.
 from __future__ import annotations
 
 import math
+import sys
 from collections.abc import Sequence
 
 import numpy as np
@@ -51,10 +52,23 @@ GLIDE_MAX_BETA = 0.999
 def torch_float32_linspace(start: float, end: float, steps: int) -> np.ndarray:
     """``torch.linspace(start, end, steps, dtype=torch.float32)``, bit for bit.
 
-    torch rounds the ends and the float32 step, then forms each value in float64 from the
-    nearer end and rounds it once.
+    torch's vectorized kernel (every x86-64 CPU with AVX2, which is what this emulates) rounds the
+    ends and the float32 step, then forms each value in float64 from the nearer end and rounds it
+    once. Its scalar kernel (a CPU without AVX2, or ``ATEN_CPU_CAPABILITY=default``) rounds some
+    values to the other neighbour, and diffusers' betas are what torch computes on the machine:
+    so where torch is already loaded (a torch implementation is being checked in this process),
+    its own ``linspace`` gives the values. The spec itself never imports torch.
     """
     assert steps >= 1
+    torch = sys.modules.get("torch")
+    if torch is not None and hasattr(torch, "linspace"):
+        return np.asarray(torch.linspace(start, end, steps, dtype=torch.float32).numpy(), dtype=np.float32)
+    return vectorized_float32_linspace(start, end, steps)
+
+
+def vectorized_float32_linspace(start: float, end: float, steps: int) -> np.ndarray:
+    """torch's vectorized float32 ``linspace`` kernel in NumPy: the ends and the step rounded to
+    float32, each value formed in float64 from the nearer end and rounded once."""
     start32, end32 = np.float32(start), np.float32(end)
     if steps == 1:
         return np.array([start32], dtype=np.float32)
