@@ -89,9 +89,7 @@ class DenoisedTwice(diffusers.KDPM2AncestralDiscreteScheduler):  # type: ignore[
 @pytest.mark.parametrize(
     ("planted", "caught_by"),
     [
-        # a table error: ancestral_matches_reference blames diffusers' tables, known off (#14213), so the
-        # table and noise properties catch it
-        (HalfNoise, {"ancestral_noise_split", "ancestral_noise_statistics"}),
+        (HalfNoise, {"ancestral_matches_reference", "ancestral_noise_split", "ancestral_noise_statistics"}),
         (IgnoresGenerator, {"ancestral_same_seeds", "ancestral_batch_independent"}),
         (DenoisedTwice, {"ancestral_matches_reference"}),
     ],

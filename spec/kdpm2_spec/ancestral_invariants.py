@@ -74,7 +74,7 @@ def check_noise_split(sched: Any, adapter: Adapter = NUMPY) -> None:
     rtol = table_rtol(sched)
     sigmas, interpol = adapter.array(sched.sigmas), adapter.array(sched.sigmas_interpol)
     up, down = adapter.array(sched.sigmas_up), adapter.array(sched.sigmas_down)
-    eta = float(getattr(sched, "config", {}).get("eta", 1.0))
+    eta = _eta(sched)
     calls = calls_of(sched, adapter)
     for j, (k, order) in enumerate(calls):
         if order != 1:
@@ -126,6 +126,11 @@ def check_noise_split(sched: Any, adapter: Adapter = NUMPY) -> None:
         )
 
 
+def _eta(sched: Any) -> float:
+    """The scheduler's ``eta`` (1, DPM2 a, for a class without one)."""
+    return float(getattr(sched, "config", {}).get("eta", 1.0))
+
+
 def _require(condition: Any, finding: tuple[str, str], message: str) -> None:
     """Raise the ``Discrepancy`` of ``finding`` (what, kind) unless ``condition`` holds."""
     if not condition:
@@ -138,7 +143,7 @@ def check_calls_layout(sched: Any, adapter: Adapter = NUMPY) -> None:
     sigmas, timesteps = adapter.array(sched.sigmas), adapter.array(sched.timesteps)
     calls = calls_of(sched, adapter)
     # the cause before its effects: a sigma_down of 0 or NaN where k-diffusion's is not walks as one call
-    down, eta = adapter.array(sched.sigmas_down), float(getattr(sched, "config", {}).get("eta", 1.0))
+    down, eta = adapter.array(sched.sigmas_down), _eta(sched)
     for j, (k, order) in enumerate(calls):
         if order == 1 and j + 1 < len(calls) and not down[k] > 0:
             s, s_next = float(sigmas[k]), float(sigmas[calls[j + 1][0]])
@@ -252,8 +257,8 @@ def run_against_reference(adapter: Any, case: AncestralLoop, rtol: float) -> tup
 
     Every call's ``prev_sample`` must agree to ``rtol`` relative to the largest operand so far.
     Returns both final samples. A call that does not agree is a ``Discrepancy`` of ``prev_sample``
-    (``off_kind``): not finite; off where the reference run on the implementation's own per-call
-    tables agrees (its tables are wrong, its step is right); or off either way (its step).
+    (``off_kind``): off where the reference run on some of the implementation's own per-call
+    tables agrees (those tables are wrong, its step is right), else off by its step, or not finite.
     """
     ref = _reference(case)
     impl = adapter.create(**case.config)
@@ -303,19 +308,29 @@ def run_against_reference(adapter: Any, case: AncestralLoop, rtol: float) -> tup
 TABLES = ("sigmas", "sigmas_interpol", "sigmas_up", "sigmas_down")
 """The per-call tables of diffusers' layout that a call reads (``AncestralReference`` keeps the same)."""
 
+BLAME = (
+    ("sigma_down and midpoint", ("sigmas_interpol", "sigmas_down")),
+    ("sigma_up", ("sigmas_up",)),
+    ("sigmas", ("sigmas",)),
+    ("tables", TABLES),
+)
+"""The tables ``off_kind`` tries in turn, by the quantity they hold: the midpoint is sqrt(sigma sigma_down)."""
+
 
 def off_kind(
     adapter: Any, impl: Any, before: AncestralReference, call: tuple[Any, ...], got: np.ndarray, tol: float
 ) -> str:
-    """Why a call's ``prev_sample`` is off: ``off, its own tables``, ``off, its step`` or ``not finite``.
+    """Why a call's ``prev_sample`` is off: ``off, its own QUANTITY``, ``off, its step`` or ``not finite``.
 
-    ``before`` is the reference as the call found it; run again on the implementation's own tables
-    (where it has all four, in the reference's layout), a result within ``tol`` (at least the
-    float32-table tolerance, whatever the level checked) of ``got``, or non-finite as ``got`` is,
-    means the step is right and its tables are not (diffusers' float32 ``sigma_down`` cancels at
-    few steps: a few percent off, 0 or NaN, by the last bit of its sigmas on a given CPU), which
-    the table properties then name. Anything else is the step's own: ``not finite`` where it makes
-    a NaN from finite tables, else ``off, its step``.
+    ``before`` is the reference as the call found it. It runs the call again with some of the
+    implementation's own tables in place of its own (where the implementation has all four, in the
+    reference's layout): first ``sigmas_interpol`` and ``sigmas_down``, then ``sigmas_up``, then
+    ``sigmas``, then all four (``BLAME``). The first whose result is within ``tol`` of ``got`` (at
+    least the float32-table tolerance, whatever the level checked), or non-finite as ``got`` is,
+    names the quantity that is off while the step is right: diffusers' float32 ``sigma_down``
+    cancels at few steps (a few percent off, 0 or NaN, by the last bit of its sigmas on a given
+    CPU); a wrong noise scale is ``sigma_up``. The table properties then say how. Anything else is
+    the step's own: ``not finite`` where it makes a NaN from finite tables, else ``off, its step``.
     """
     finite = bool(np.isfinite(got).all())
     step = "off, its step" if finite else "not finite"
@@ -325,14 +340,17 @@ def off_kind(
         return step
     if any(own[name].shape != getattr(before, name).shape for name in TABLES):
         return step
-    for name in TABLES:
-        setattr(before, name, own[name])
     out, t, x, z = call
-    with np.errstate(all="ignore"):
-        again = before.step(out, t, x, noise=z).prev_sample
-    if not finite:  # a NaN its own tables make (diffusers' 0 or NaN sigma_down) is its tables' too
-        return step if np.isfinite(again).all() else "off, its own tables"
-    return "off, its own tables" if float(np.abs(got - again).max()) <= tol else step
+    for quantity, names in BLAME:
+        trial = copy.copy(before)
+        for name in names:
+            setattr(trial, name, own[name])
+        with np.errstate(all="ignore"):
+            again = trial.step(out, t, x, noise=z).prev_sample
+        # a NaN its own tables make (diffusers' 0 or NaN sigma_down) is theirs too
+        if (not np.isfinite(again).all()) if not finite else float(np.abs(got - again).max()) <= tol:
+            return f"off, its own {quantity}"
+    return step
 
 
 LOOP_RTOL = 1e-5

@@ -259,8 +259,9 @@ class Reference:
         positions here). So the first call is the first step start holding ``timestep``, else its
         first position: a plain loop ``for t in timesteps`` starts at call 0 even when the first
         timesteps repeat (sigmas above the training range all map to timestep ``T - 1``), and an
-        image-to-image start at a timestep that the previous midpoint shares starts at its step. (An implementation that
-        receives an element of its own ``timesteps`` tensor may take that element's position.)
+        image-to-image start at a timestep that the previous midpoint shares starts at its step.
+        (An implementation that receives an element of its own ``timesteps`` tensor may take that
+        element's position.)
         ``index_for_timestep`` keeps diffusers' rule (second match), which made such loops skip
         their first call. Raises ``ValueError`` when the timestep is absent.
         """
