@@ -86,12 +86,24 @@ class DenoisedTwice(diffusers.KDPM2AncestralDiscreteScheduler):  # type: ignore[
         return super().step(model_output, *args, **kwargs)
 
 
+class ShiftedNoise(diffusers.KDPM2AncestralDiscreteScheduler):  # type: ignore[misc,name-defined]
+    """Planted: the noise a second-order call adds has mean 0.1 sigma_up, not 0."""
+
+    def step(self, model_output: Any, timestep: Any, sample: Any, *args: Any, **kwargs: Any) -> Any:
+        second = not self.state_in_first_order
+        up = self.sigmas_up[self.step_index - 1] if second else 0.0
+        out = super().step(model_output, timestep, sample, *args, **kwargs)
+        out.prev_sample = out.prev_sample + 0.1 * up
+        return out
+
+
 @pytest.mark.parametrize(
     ("planted", "caught_by"),
     [
         (HalfNoise, {"ancestral_matches_reference", "ancestral_noise_split", "ancestral_noise_statistics"}),
         (IgnoresGenerator, {"ancestral_same_seeds", "ancestral_batch_independent"}),
         (DenoisedTwice, {"ancestral_matches_reference"}),
+        (ShiftedNoise, {"ancestral_matches_reference", "ancestral_noise_statistics"}),
     ],
 )
 def test_a_bug_planted_in_diffusers_fails_the_gate_despite_the_file(planted: type, caught_by: set[str]) -> None:
